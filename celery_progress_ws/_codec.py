@@ -1,0 +1,125 @@
+"""How entries map to Redis: JSON encoding, decoding with validation, stream ids and retention."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._errors import EntryTooLarge, MalformedEntry
+from ._schemas import STATUS_UPDATE, TERMINAL_STATUSES, TaskStatus, utc_now_iso
+from ._settings import ProgressSettings
+
+MESSAGE_FIELD = "message"
+"""The stream field that holds an entry's JSON (the seed's field name)."""
+
+LIVE_SEPARATOR = " "
+"""Separates the stream id from the entry JSON in a live pub/sub announcement."""
+
+StreamId = tuple[int, int]
+
+
+def make_entry(entry_type: str, data: dict[str, Any], timestamp: str | None = None) -> dict[str, Any]:
+    """Build a wire entry ``{"timestamp", "type", "data"}``."""
+    return {"timestamp": timestamp or utc_now_iso(), "type": entry_type, "data": data}
+
+
+def encode_entry(entry: dict[str, Any], max_bytes: int) -> str:
+    """Encode an entry to compact JSON; values JSON cannot represent become their ``str()``.
+
+    Raises ``EntryTooLarge`` when the result exceeds ``max_bytes`` (UTF-8).
+    """
+    try:
+        text = json.dumps(entry, separators=(",", ":"), allow_nan=False, default=str)
+    except ValueError:  # NaN or infinity somewhere in data
+        text = json.dumps(_replace_non_finite(entry), separators=(",", ":"), default=str)
+    size = len(text) if text.isascii() else len(text.encode())
+    if size > max_bytes:
+        raise EntryTooLarge(f"encoded entry is {size} bytes; the limit is {max_bytes}")
+    return text
+
+
+def _replace_non_finite(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {key: _replace_non_finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_replace_non_finite(item) for item in value]
+    return value
+
+
+def decode_entry(message: str | bytes) -> dict[str, Any]:
+    """Decode a stored entry's JSON and check its shape; raise ``MalformedEntry`` if it is not an entry."""
+    try:
+        entry = json.loads(message)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedEntry(f"entry is not JSON: {exc}") from exc
+    if not isinstance(entry, dict):
+        raise MalformedEntry("entry is not a JSON object")
+    if not isinstance(entry.get("type"), str) or not isinstance(entry.get("data"), dict):
+        raise MalformedEntry("entry lacks a string `type` or an object `data`")
+    if not isinstance(entry.get("timestamp"), str):
+        raise MalformedEntry("entry lacks a string `timestamp`")
+    return entry
+
+
+def decode_fields(fields: dict[Any, Any]) -> dict[str, Any]:
+    """Decode the field map of one stream entry (bytes or str keys)."""
+    message = fields.get(MESSAGE_FIELD, fields.get(MESSAGE_FIELD.encode()))
+    if message is None:
+        raise MalformedEntry(f"entry has no `{MESSAGE_FIELD}` field")
+    return decode_entry(message)
+
+
+def delivered(entry_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The message a client receives: the entry with its stream id first."""
+    return {"id": entry_id, **entry}
+
+
+def encode_live(entry_id: str, message: str) -> str:
+    """A live announcement: the stream id, a space, the entry JSON."""
+    return entry_id + LIVE_SEPARATOR + message
+
+
+def decode_live(payload: str | bytes) -> tuple[str, str]:
+    """Split a live announcement into ``(stream id, entry JSON)``; ``MalformedEntry`` if it is not one."""
+    text = payload.decode() if isinstance(payload, bytes) else payload
+    entry_id, separator, message = text.partition(LIVE_SEPARATOR)
+    if not separator:
+        raise MalformedEntry("live announcement has no separator")
+    parse_stream_id(entry_id)
+    return entry_id, message
+
+
+def parse_stream_id(entry_id: str | bytes) -> StreamId:
+    """``"1700000000000-3"`` -> ``(1700000000000, 3)``; ``MalformedEntry`` for anything else."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    millis, separator, sequence = text.partition("-")
+    if not separator or not millis.isdigit() or not sequence.isdigit():
+        raise MalformedEntry(f"not a stream id: {text!r}")
+    return int(millis), int(sequence)
+
+
+def is_valid_stream_id(entry_id: str) -> bool:
+    """Whether ``entry_id`` is a complete stream id (used to validate client-supplied resume ids)."""
+    millis, separator, sequence = entry_id.partition("-")
+    return bool(separator) and millis.isdigit() and sequence.isdigit() and len(entry_id) <= 41
+
+
+def terminal_status(entry: dict[str, Any]) -> TaskStatus | None:
+    """The terminal status an entry announces, or ``None`` if it does not end the operation."""
+    if entry.get("type") != STATUS_UPDATE:
+        return None
+    status = entry["data"].get("status")
+    return TaskStatus(status) if status in TERMINAL_STATUSES else None
+
+
+def ttl_for(settings: ProgressSettings, entry_type: str, data: dict[str, Any]) -> int:
+    """The stream TTL to set after writing an entry: long while running, short after a terminal status."""
+    if entry_type == STATUS_UPDATE:
+        status = data.get("status")
+        if status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED):
+            return settings.completed_ttl_seconds
+        if status == TaskStatus.FAILED:
+            return settings.failed_ttl_seconds
+    return settings.stream_ttl_seconds

@@ -1,0 +1,70 @@
+"""Exceptions raised by celery-progress-ws.
+
+::
+
+    ProgressError
+    ├── InvalidOperationId      (also a ValueError)
+    ├── InvalidChannelName      (also a ValueError)
+    ├── MalformedEntry          (also a ValueError)
+    ├── EntryTooLarge           (also a ValueError)
+    ├── NoOperationContext      (also a RuntimeError)
+    └── ConnectionRefused
+        ├── Unauthorized
+        ├── UserLimitExceeded
+        └── ServerLimitExceeded
+"""
+
+from __future__ import annotations
+
+
+class ProgressError(Exception):
+    """Base of every exception this library raises."""
+
+
+class InvalidOperationId(ProgressError, ValueError):
+    """An operation id that cannot safely become part of a Redis key."""
+
+
+class InvalidChannelName(ProgressError, ValueError):
+    """A custom channel name that cannot safely become part of a Redis key."""
+
+
+class MalformedEntry(ProgressError, ValueError):
+    """A stream entry that is not a valid wire entry (not JSON, wrong shape, missing field)."""
+
+
+class EntryTooLarge(ProgressError, ValueError):
+    """An entry whose encoded size exceeds ``ProgressSettings.max_entry_bytes``."""
+
+
+class NoOperationContext(ProgressError, RuntimeError):
+    """``report_progress``/``send_event`` called outside a task without an explicit ``operation_id``."""
+
+
+class ConnectionRefused(ProgressError):
+    """A subscription was refused; ``reason`` is the text sent to the client."""
+
+    reason: str = "Connection refused"
+
+    def __init__(self, reason: str | None = None) -> None:
+        if reason is not None:
+            self.reason = reason
+        super().__init__(self.reason)
+
+
+class Unauthorized(ConnectionRefused):
+    """The user may not watch this operation or channel."""
+
+    reason = "Not authorized"
+
+
+class UserLimitExceeded(ConnectionRefused):
+    """The user already holds ``max_connections_per_user`` connections."""
+
+    reason = "User connection limit exceeded"
+
+
+class ServerLimitExceeded(ConnectionRefused):
+    """The process already holds ``max_total_connections`` connections."""
+
+    reason = "Server connection limit exceeded"

@@ -1,0 +1,73 @@
+"""Validation of user-supplied names and the one place where Redis key and channel names are built."""
+
+from __future__ import annotations
+
+import re
+
+from ._errors import InvalidChannelName, InvalidOperationId
+
+MAX_OPERATION_ID_LENGTH = 128
+MAX_CHANNEL_LENGTH = 200
+
+STREAM_TEMPLATE = "operation-progress:{operation_id}"
+LIVE_TEMPLATE = "operation-progress-live:{operation_id}"
+CHANNEL_STREAM_TEMPLATE = "stream:{channel}"
+CHANNEL_LIVE_TEMPLATE = "stream-live:{channel}"
+
+# Printable ASCII without whitespace, glob metacharacters (* ? [ ]) or backslash.
+_SAFE_NAME = re.compile(r"[^\x00-\x20\x7f-\U0010ffff*?\[\]\\]+")
+
+
+def validate_operation_id(operation_id: object) -> str:
+    """Return ``operation_id`` if it is safe inside a Redis key, else raise ``InvalidOperationId``."""
+    if not isinstance(operation_id, str):
+        raise InvalidOperationId(f"operation id must be a string, not {type(operation_id).__name__}")
+    if not operation_id:
+        raise InvalidOperationId("operation id must not be empty")
+    if len(operation_id) > MAX_OPERATION_ID_LENGTH:
+        raise InvalidOperationId(
+            f"operation id is {len(operation_id)} characters long; the limit is {MAX_OPERATION_ID_LENGTH}"
+        )
+    if not _SAFE_NAME.fullmatch(operation_id):
+        raise InvalidOperationId(
+            f"operation id {operation_id!r} contains whitespace, control, non-ASCII or glob characters"
+        )
+    return operation_id
+
+
+def validate_channel(channel: object) -> str:
+    """Return ``channel`` if it is safe inside a Redis key, else raise ``InvalidChannelName``."""
+    if not isinstance(channel, str) or not channel:
+        raise InvalidChannelName("channel name must be a non-empty string")
+    if len(channel) > MAX_CHANNEL_LENGTH:
+        raise InvalidChannelName(f"channel name is longer than {MAX_CHANNEL_LENGTH} characters")
+    if not _SAFE_NAME.fullmatch(channel):
+        raise InvalidChannelName(
+            f"channel name {channel!r} contains whitespace, control, non-ASCII or glob characters"
+        )
+    return channel
+
+
+class KeySpace:
+    """Builds validated key and channel names under one prefix."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def stream(self, operation_id: str) -> str:
+        """The stream holding an operation's entries."""
+        return self.prefix + STREAM_TEMPLATE.format(operation_id=validate_operation_id(operation_id))
+
+    def live(self, operation_id: str) -> str:
+        """The pub/sub channel on which each new entry of an operation is announced."""
+        return self.prefix + LIVE_TEMPLATE.format(operation_id=validate_operation_id(operation_id))
+
+    def channel_stream(self, channel: str) -> str:
+        """The stream holding a custom channel's messages."""
+        return self.prefix + CHANNEL_STREAM_TEMPLATE.format(channel=validate_channel(channel))
+
+    def channel_live(self, channel: str) -> str:
+        """The pub/sub channel on which a custom channel's messages are announced."""
+        return self.prefix + CHANNEL_LIVE_TEMPLATE.format(channel=validate_channel(channel))

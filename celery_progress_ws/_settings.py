@@ -1,0 +1,71 @@
+"""One typed settings object for both halves, read from ``CELERY_PROGRESS_WS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ProgressSettings(BaseSettings):
+    """Configuration shared by the worker half and the web half.
+
+    Build one with keyword arguments, or let it read ``CELERY_PROGRESS_WS_<NAME>`` environment variables.
+    Nothing reads it at import time: it is created when a publisher, bootstep or manager needs it.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CELERY_PROGRESS_WS_", extra="ignore", frozen=True)
+
+    redis_url: str = Field(
+        default="redis://localhost:6379/0", description="Redis server that holds the progress streams."
+    )
+    key_prefix: str = Field(
+        default="",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:{}-]*$",
+        description="Prepended to every key and channel name, e.g. `myapp:`.",
+    )
+    throttle_seconds: float = Field(
+        default=0.5, ge=0, description="Minimum interval between two published progress entries per operation."
+    )
+    stream_ttl_seconds: int = Field(default=86400, gt=0, description="TTL of a stream while its task runs.")
+    completed_ttl_seconds: int = Field(
+        default=300, gt=0, description="TTL of a stream after `completed` or `cancelled`."
+    )
+    failed_ttl_seconds: int = Field(default=60, gt=0, description="TTL of a stream after `failed`.")
+    stream_maxlen: int = Field(default=1000, gt=0, description="Maximum number of entries kept per stream.")
+    channel_ttl_seconds: int = Field(default=900, gt=0, description="TTL of a custom channel's stream.")
+    include_traceback: bool = Field(
+        default=False, description="Include the traceback in `failed` status entries."
+    )
+    publish_queued: bool = Field(
+        default=True, description="Publish a `queued` entry when a task is sent from a configured process."
+    )
+    socket_timeout_seconds: float = Field(
+        default=1.0, gt=0, description="Socket and connect timeout of the publisher's Redis connection."
+    )
+    retry_interval_seconds: float = Field(
+        default=2.0, ge=0, description="After a failed write, how long the publisher waits before trying Redis again."
+    )
+    pending_buffer_size: int = Field(
+        default=256, gt=0, description="Entries kept in memory while Redis is unreachable, terminal ones last dropped."
+    )
+    max_entry_bytes: int = Field(
+        default=65536, gt=0, description="Largest encoded entry accepted; larger ones are rejected or skipped."
+    )
+    max_connections_per_user: int = Field(
+        default=10, gt=0, description="Open WebSocket/SSE connections one user may hold."
+    )
+    max_total_connections: int = Field(
+        default=1000, gt=0, description="Open WebSocket/SSE connections one web process accepts."
+    )
+    client_queue_size: int = Field(
+        default=1000, gt=0, description="Outgoing messages buffered per connection before it is closed as too slow."
+    )
+    max_client_message_bytes: int = Field(
+        default=4096, gt=0, description="Largest message a client may send over the WebSocket."
+    )
+    heartbeat_seconds: float = Field(default=15.0, gt=0, description="Interval of SSE heartbeat comments.")
+    reconnect_max_seconds: float = Field(
+        default=30.0, gt=0, description="Cap of the web half's exponential backoff while Redis is down."
+    )
+    history_batch: int = Field(default=500, gt=0, description="Entries fetched per XRANGE call when sending history.")

