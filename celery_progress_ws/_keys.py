@@ -42,9 +42,7 @@ def validate_channel(channel: object) -> str:
     if len(channel) > MAX_CHANNEL_LENGTH:
         raise InvalidChannelName(f"channel name is longer than {MAX_CHANNEL_LENGTH} characters")
     if not _SAFE_NAME.fullmatch(channel):
-        raise InvalidChannelName(
-            f"channel name {channel!r} contains whitespace, control, non-ASCII or glob characters"
-        )
+        raise InvalidChannelName(f"channel name {channel!r} contains whitespace, control, non-ASCII or glob characters")
     return channel
 
 

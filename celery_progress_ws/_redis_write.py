@@ -20,6 +20,7 @@ end
 return id
 """
 
+
 @dataclass(frozen=True, slots=True)
 class AppendCall:
     """Keys and arguments of one APPEND_SCRIPT call."""

@@ -34,9 +34,7 @@ class ProgressSettings(BaseSettings):
     failed_ttl_seconds: int = Field(default=60, gt=0, description="TTL of a stream after `failed`.")
     stream_maxlen: int = Field(default=1000, gt=0, description="Maximum number of entries kept per stream.")
     channel_ttl_seconds: int = Field(default=900, gt=0, description="TTL of a custom channel's stream.")
-    include_traceback: bool = Field(
-        default=False, description="Include the traceback in `failed` status entries."
-    )
+    include_traceback: bool = Field(default=False, description="Include the traceback in `failed` status entries.")
     publish_queued: bool = Field(
         default=True, description="Publish a `queued` entry when a task is sent from a configured process."
     )

@@ -61,8 +61,21 @@ class PrivateRedis:
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server (again, on the same port) and wait until it answers."""
-        command = [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", self._dir, "--daemonize", "no"]
+        command = [
+            server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+            "--daemonize",
+            "no",
+        ]
         log = open(Path(self._dir) / "server.log", "ab")  # noqa: SIM115 - owned by the process
         self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
