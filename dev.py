@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""One entry point for newcomers and CI: ``python3 dev.py demo`` and ``python3 dev.py test``.
+
+Needs only ``python3`` (3.11+): it creates ``.venv`` beside this file, installs the project with every extra into it
+(again only when ``pyproject.toml`` changed), then runs the requested command inside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+STAMP = VENV / ".installed-from"
+EXTRAS = "web,cli,hiredis,test,dev,docs"
+
+
+def run(*command: str | Path, env: dict[str, str] | None = None) -> None:
+    """Run a command from the repository root; stop with its exit code if it fails."""
+    printable = " ".join(str(part) for part in command)
+    print(f"$ {printable}", flush=True)
+    completed = subprocess.run([str(part) for part in command], cwd=ROOT, env=env, check=False)
+    if completed.returncode != 0:
+        sys.exit(completed.returncode)
+
+
+def ensure_environment() -> None:
+    """Create the virtual environment and install the project into it if needed."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"Python 3.11 or newer is needed, this is {sys.version.split()[0]}")
+    if not PYTHON.exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(PYTHON, "-m", "pip", "install", "--quiet", "--editable", f".[{EXTRAS}]")
+    STAMP.write_text(wanted)
+
+
+def command_test(pytest_args: list[str]) -> None:
+    """Lint, type-check and run the whole test suite against a real Redis (embedded one if none answers)."""
+    ensure_environment()
+    run(BIN / "ruff", "check", ".")
+    run(BIN / "ruff", "format", "--check", ".")
+    run(BIN / "mypy")
+    run(PYTHON, "-m", "pytest", *pytest_args)
+
+
+def command_demo(demo_args: list[str]) -> None:
+    """Run the example project: Redis (embedded if none answers), a worker, the web app and a sample task."""
+    ensure_environment()
+    os.execv(PYTHON, [str(PYTHON), "-m", "example_project.demo", *demo_args])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("test", help="install, lint, type-check and run the tests (extra args go to pytest)")
+    sub.add_parser("demo", help="install and run the demo (extra args go to the demo, e.g. --once)")
+    sub.add_parser("install", help="only create .venv and install the project")
+    args, rest = parser.parse_known_args()
+    if args.command == "test":
+        command_test(rest)
+    elif args.command == "demo":
+        command_demo(rest)
+    else:
+        ensure_environment()
+
+
+if __name__ == "__main__":
+    main()
