@@ -34,7 +34,7 @@ def run(*command: str | Path, env: dict[str, str] | None = None) -> None:
 
 def ensure_environment() -> None:
     """Create the virtual environment and install the project into it if needed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be started by an older python3
         sys.exit(f"Python 3.11 or newer is needed, this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         print(f"creating {VENV}", flush=True)
