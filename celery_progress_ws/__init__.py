@@ -3,6 +3,8 @@
 The worker half lives here; the web half (FastAPI) is in ``celery_progress_ws.web``.
 """
 
+from ._aggregate import track
+from ._bootstep import ProgressBootstep
 from ._errors import (
     ConnectionRefused,
     EntryTooLarge,
@@ -16,6 +18,8 @@ from ._errors import (
     UserLimitExceeded,
 )
 from ._keys import validate_operation_id
+from ._publisher import ProgressPublisher
+from ._reporting import report_progress, send_event, set_default_publisher
 from ._schemas import (
     DeliveredEntry,
     GapReason,
@@ -24,8 +28,11 @@ from ._schemas import (
     TaskStatus,
     WireEntry,
     wire_json_schema,
+    wire_json_schema_text,
 )
 from ._settings import ProgressSettings
+from ._signals import enable_queued_events
+from ._writer import PublishResult
 
 __all__ = [
     "ConnectionRefused",
@@ -36,15 +43,24 @@ __all__ = [
     "InvalidOperationId",
     "MalformedEntry",
     "NoOperationContext",
+    "ProgressBootstep",
     "ProgressData",
     "ProgressError",
+    "ProgressPublisher",
     "ProgressSettings",
+    "PublishResult",
     "ServerLimitExceeded",
     "StatusData",
     "TaskStatus",
     "Unauthorized",
     "UserLimitExceeded",
     "WireEntry",
+    "enable_queued_events",
+    "report_progress",
+    "send_event",
+    "set_default_publisher",
+    "track",
     "validate_operation_id",
     "wire_json_schema",
+    "wire_json_schema_text",
 ]

@@ -17,6 +17,10 @@ LIVE_SEPARATOR = " "
 
 StreamId = tuple[int, int]
 
+# Built once: json.dumps() with non-default options constructs a new encoder on every call.
+_encode_strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str).encode
+_encode_lenient = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
 
 def make_entry(entry_type: str, data: dict[str, Any], timestamp: str | None = None) -> dict[str, Any]:
     """Build a wire entry ``{"timestamp", "type", "data"}``."""
@@ -29,9 +33,9 @@ def encode_entry(entry: dict[str, Any], max_bytes: int) -> str:
     Raises ``EntryTooLarge`` when the result exceeds ``max_bytes`` (UTF-8).
     """
     try:
-        text = json.dumps(entry, separators=(",", ":"), allow_nan=False, default=str)
+        text = _encode_strict(entry)
     except ValueError:  # NaN or infinity somewhere in data
-        text = json.dumps(_replace_non_finite(entry), separators=(",", ":"), default=str)
+        text = _encode_lenient(_replace_non_finite(entry))
     size = len(text) if text.isascii() else len(text.encode())
     if size > max_bytes:
         raise EntryTooLarge(f"encoded entry is {size} bytes; the limit is {max_bytes}")
@@ -83,7 +87,10 @@ def encode_live(entry_id: str, message: str) -> str:
 
 def decode_live(payload: str | bytes) -> tuple[str, str]:
     """Split a live announcement into ``(stream id, entry JSON)``; ``MalformedEntry`` if it is not one."""
-    text = payload.decode() if isinstance(payload, bytes) else payload
+    try:
+        text = payload.decode() if isinstance(payload, bytes) else payload
+    except UnicodeDecodeError as exc:
+        raise MalformedEntry(f"live announcement is not UTF-8: {exc}") from exc
     entry_id, separator, message = text.partition(LIVE_SEPARATOR)
     if not separator:
         raise MalformedEntry("live announcement has no separator")
@@ -95,7 +102,7 @@ def parse_stream_id(entry_id: str | bytes) -> StreamId:
     """``"1700000000000-3"`` -> ``(1700000000000, 3)``; ``MalformedEntry`` for anything else."""
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     millis, separator, sequence = text.partition("-")
-    if not separator or not millis.isdigit() or not sequence.isdigit():
+    if not separator or not _is_number(millis) or not _is_number(sequence):
         raise MalformedEntry(f"not a stream id: {text!r}")
     return int(millis), int(sequence)
 
@@ -103,7 +110,18 @@ def parse_stream_id(entry_id: str | bytes) -> StreamId:
 def is_valid_stream_id(entry_id: str) -> bool:
     """Whether ``entry_id`` is a complete stream id (used to validate client-supplied resume ids)."""
     millis, separator, sequence = entry_id.partition("-")
-    return bool(separator) and millis.isdigit() and sequence.isdigit() and len(entry_id) <= 41
+    if not separator or not _is_number(millis) or not _is_number(sequence) or len(entry_id) > 41:
+        return False
+    return int(millis) < _ID_PART_LIMIT and int(sequence) < _ID_PART_LIMIT
+
+
+_ID_PART_LIMIT = 2**64
+"""Both halves of a stream id are unsigned 64-bit integers."""
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts characters such as ``²`` that ``int`` and Redis reject."""
+    return text.isascii() and text.isdigit()
 
 
 def terminal_status(entry: dict[str, Any]) -> TaskStatus | None:
@@ -111,7 +129,7 @@ def terminal_status(entry: dict[str, Any]) -> TaskStatus | None:
     if entry.get("type") != STATUS_UPDATE:
         return None
     status = entry["data"].get("status")
-    return TaskStatus(status) if status in TERMINAL_STATUSES else None
+    return TaskStatus(status) if isinstance(status, str) and status in TERMINAL_STATUSES else None
 
 
 def ttl_for(settings: ProgressSettings, entry_type: str, data: dict[str, Any]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from ._errors import InvalidChannelName, InvalidOperationId
@@ -13,6 +14,9 @@ STREAM_TEMPLATE = "operation-progress:{operation_id}"
 LIVE_TEMPLATE = "operation-progress-live:{operation_id}"
 CHANNEL_STREAM_TEMPLATE = "stream:{channel}"
 CHANNEL_LIVE_TEMPLATE = "stream-live:{channel}"
+AGGREGATE_TEMPLATE = "operation-aggregate:{operation_id}"
+AGGREGATE_PARENT_TEMPLATE = "operation-parent:{task_id}"
+USER_CONNECTIONS_TEMPLATE = "connections:user:{digest}"
 
 # Printable ASCII without whitespace, glob metacharacters (* ? [ ]) or backslash.
 _SAFE_NAME = re.compile(r"[^\x00-\x20\x7f-\U0010ffff*?\[\]\\]+")
@@ -69,3 +73,16 @@ class KeySpace:
     def channel_live(self, channel: str) -> str:
         """The pub/sub channel on which a custom channel's messages are announced."""
         return self.prefix + CHANNEL_LIVE_TEMPLATE.format(channel=validate_channel(channel))
+
+    def user_connections(self, user_id: str) -> str:
+        """The sorted set of a user's connections across web processes; the user id is hashed, never embedded."""
+        digest = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()
+        return self.prefix + USER_CONNECTIONS_TEMPLATE.format(digest=digest)
+
+    def aggregate(self, operation_id: str) -> str:
+        """The hash holding an aggregate operation's children, counters and throttle state."""
+        return self.prefix + AGGREGATE_TEMPLATE.format(operation_id=validate_operation_id(operation_id))
+
+    def aggregate_parent(self, task_id: str) -> str:
+        """The string naming the aggregate operation a child task belongs to."""
+        return self.prefix + AGGREGATE_PARENT_TEMPLATE.format(task_id=validate_operation_id(task_id))

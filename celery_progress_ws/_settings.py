@@ -67,3 +67,19 @@ class ProgressSettings(BaseSettings):
         default=30.0, gt=0, description="Cap of the web half's exponential backoff while Redis is down."
     )
     history_batch: int = Field(default=500, gt=0, description="Entries fetched per XRANGE call when sending history.")
+    connection_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Lease of a connection in the Redis per-user count, renewed every third of it; a web process "
+        "that dies without cleaning up stops holding its users' slots after at most this long.",
+    )
+    cancel_terminate: bool = Field(
+        default=True,
+        description="Whether cancelling an operation also terminates tasks already running (prefork workers), "
+        "not only revokes queued ones.",
+    )
+    cancel_signal: str = Field(
+        default="SIGTERM",
+        pattern=r"^SIG[A-Z0-9]+$",
+        description="Signal sent to a running task's process when `cancel_terminate` is on.",
+    )

@@ -3,13 +3,17 @@ per test whose keys are deleted afterwards, and settings pointing at both."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from worker_tasks import close_app, create_app
 
-from celery_progress_ws import ProgressSettings
+from celery_progress_ws import ProgressPublisher, ProgressSettings, set_default_publisher
 from devtools.servers import PrivateRedis, resolve_redis
 
 
@@ -55,3 +59,88 @@ def private_redis() -> Iterator[PrivateRedis]:
     """A Redis-compatible server of this test's own, on a free port; only it is ever stopped or restarted."""
     with PrivateRedis() as server:
         yield server
+
+
+# -- Celery and publisher fixtures (worker half) --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def broker_namespace(redis_url: str) -> Iterator[str]:
+    """A name unique to this session for Celery queues, exchanges and broker/result keys; its keys are deleted after."""
+    namespace = f"cpws-test-{uuid.uuid4().hex[:12]}"
+    yield namespace
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=namespace + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+class _Records(logging.Handler):
+    """Keeps every record it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def progress_log() -> Iterator[list[logging.LogRecord]]:
+    """Every record of INFO and above logged by celery_progress_ws during the test, from any thread."""
+    handler = _Records()
+    logger = logging.getLogger("celery_progress_ws")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+@pytest.fixture
+def publisher(settings: ProgressSettings) -> Iterator[ProgressPublisher]:
+    """A publisher for this test's Redis and key prefix, closed afterwards."""
+    with ProgressPublisher(settings) as instance:
+        yield instance
+
+
+@pytest.fixture
+def default_publisher(publisher: ProgressPublisher) -> Iterator[ProgressPublisher]:
+    """``publisher``, installed as the process default that report_progress uses outside tasks."""
+    previous = set_default_publisher(publisher)
+    try:
+        yield publisher
+    finally:
+        set_default_publisher(previous)
+
+
+@pytest.fixture(scope="module")
+def module_settings(redis_url: str) -> Iterator[ProgressSettings]:
+    """Settings for one test module's worker, under a key prefix whose keys are deleted after the module."""
+    prefix = f"cpws-test:{uuid.uuid4().hex[:12]}:"
+    yield ProgressSettings(redis_url=redis_url, key_prefix=prefix, throttle_seconds=0.2, retry_interval_seconds=0.2)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def progress_worker(redis_url: str, broker_namespace: str, module_settings: ProgressSettings) -> Iterator[Celery]:
+    """An app with ProgressBootstep and the tasks of tests/worker_tasks.py, served by an in-process threads worker."""
+    app = create_app(redis_url, broker_namespace, f"{broker_namespace}-{uuid.uuid4().hex[:6]}", module_settings)
+    try:
+        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=20):
+            yield app
+    finally:
+        close_app(app)

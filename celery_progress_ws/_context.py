@@ -1,0 +1,57 @@
+"""The running task as ``report_progress`` sees it: a thread-local stack of scopes pushed by the task signals.
+
+A thread-local read is the cheapest way for a progress call to find its task; the signal handlers keep it current.
+Under gevent/eventlet with monkey-patching, ``threading.local`` is greenlet-local, so each task greenlet has its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._publisher import ProgressPublisher
+
+
+@dataclass(eq=False, slots=True)
+class TaskScope:
+    """One running task: its id, the publisher of its app, and other operations it reported to."""
+
+    task_id: str
+    publisher: ProgressPublisher
+    operations: set[str] = field(default_factory=set)
+    """Explicit ``operation_id``\\s reported during the task; their held-back values are flushed when it ends."""
+    retry_announced: bool = False
+    """Set when ``retrying`` was written as the task re-sent itself, so ``task_retry`` does not write it twice."""
+
+
+class _Local(threading.local):
+    scope: TaskScope | None = None
+    stack: tuple[TaskScope, ...] = ()
+
+
+local = _Local()
+"""This thread's scope (``local.scope``); an empty container, it does nothing at import."""
+
+
+def push(scope: TaskScope) -> None:
+    """Make ``scope`` current for this thread (a task starts; eager subtasks nest)."""
+    local.stack = (*local.stack, scope)
+    local.scope = scope
+
+
+def pop(task_id: str) -> TaskScope | None:
+    """Remove the scope of ``task_id`` (normally the current one) and return it; ``None`` if it is not on the stack."""
+    stack = local.stack
+    for index in range(len(stack) - 1, -1, -1):
+        if stack[index].task_id == task_id:
+            local.stack = stack[:index] + stack[index + 1 :]
+            local.scope = local.stack[-1] if local.stack else None
+            return stack[index]
+    return None
+
+
+def current() -> TaskScope | None:
+    """This thread's current scope."""
+    return local.scope

@@ -1,0 +1,310 @@
+"""The synchronous publisher of worker processes: throttled progress, entries in order, never an exception for Redis.
+
+Threads: every public method may be called from any thread. ``_lock`` guards the throttle, the rate state and the
+writer's buffer, and is never held during network I/O; decisions and enqueueing happen under it together, so the
+writer (see ``_writer``) delivers each operation's entries in the order they were decided.
+
+Processes: a forked child starts clean (new locks, empty buffer, no thread, no connection; see ``os.register_at_fork``),
+so a connection opened by this publisher is never used by two processes.
+
+gevent and eventlet: with the standard library monkey-patched (``celery worker -P gevent`` and ``-P eventlet`` do it),
+the locks, the background thread and the thread-local task scope become greenlet-based and socket waits yield, so all of
+the above holds per greenlet. A task that computes without ever yielding delays the trailing publishes until it yields;
+they are still written before its terminal status. Unpatched, every round trip blocks the hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from ._buffer import Rank
+from ._codec import encode_entry, make_entry, ttl_for
+from ._errors import InvalidOperationId, ProgressError
+from ._keys import KeySpace
+from ._progress import COMPUTED_FIELDS, Count, ProgressMeter, RawProgress, check_count, check_fields
+from ._redis_write import AppendCall, OperationAppender
+from ._schemas import CHUNKING_PROGRESS
+from ._settings import ProgressSettings
+from ._throttle import Decision, Throttle
+from ._writer import PublishResult, StreamWriter, rank_of
+
+logger = logging.getLogger(__name__)
+
+MAX_CACHED_OPERATIONS = 4096
+"""Operations whose stream key and live channel are kept ready; the cache is emptied when it grows past this."""
+
+IDLE_SWEEP_SECONDS = 60.0
+"""How often the background thread forgets the state of operations idle for ``stream_ttl_seconds``."""
+
+_INF = float("inf")
+_monotonic = time.monotonic
+_KEPT = Decision.KEPT
+_SCHEDULE = Decision.SCHEDULE
+_THROTTLED = PublishResult.THROTTLED
+
+
+class ProgressPublisher:
+    """Writes entries to operation streams from sync code; thread-safe, fork-safe, outage-tolerant.
+
+    Pass a ready-made ``redis.Redis`` as ``client`` to share one (its own timeouts and retries then apply); otherwise
+    each process lazily opens its own connection, with the settings' socket timeout and one immediate reconnect.
+    """
+
+    def __init__(self, settings: ProgressSettings | None = None, client: redis.Redis | None = None) -> None:
+        self.settings = settings if settings is not None else ProgressSettings()
+        if client is None:
+            # A malformed URL is a ValueError here rather than at the first report; building a pool does no I/O.
+            redis.ConnectionPool.from_url(self.settings.redis_url)
+        self._given_client = client
+        self._keys = KeySpace(self.settings.key_prefix)
+        self._start_clean()
+        os.register_at_fork(after_in_child=_ForkHook(self))
+
+    def _start_clean(self) -> None:
+        """(Re)create all per-process state; the only thing a forked child keeps is the configuration."""
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._throttle: Throttle[RawProgress] = Throttle(self.settings.throttle_seconds)
+        self._meter = ProgressMeter()
+        self._appenders: dict[str, OperationAppender] = {}
+        self._writer = StreamWriter(self.settings, self._given_client, self._lock, self._on_backlog)
+        self._thread: threading.Thread | None = None
+        self._generation = 0
+
+    @property
+    def healthy(self) -> bool:
+        """``False`` from a failed write until a later write (or ``check()``) succeeds."""
+        return self._writer.healthy
+
+    @property
+    def buffered(self) -> int:
+        """How many entries wait in memory for Redis."""
+        return len(self._writer.buffer)
+
+    # -- publishing -------------------------------------------------------------------------------------------------
+
+    def publish(
+        self, operation_id: str, entry_type: str, data: dict[str, Any], *, final: bool = False
+    ) -> PublishResult:
+        """Write one entry now, after the operation's held-back progress value if there is one.
+
+        ``final`` also forgets the operation's throttle and rate state (for the entry that ends a task attempt).
+        Raises ``InvalidOperationId`` or ``EntryTooLarge`` (both ``ValueError``) before anything is written.
+        """
+        message = encode_entry(make_entry(entry_type, data), self.settings.max_entry_bytes)
+        call = self._call(operation_id, message, ttl_for(self.settings, entry_type, data))
+        with self._lock:
+            raw = self._throttle.forget(operation_id) if final else self._throttle.take_pending(operation_id)
+            if raw is not None:
+                self._enqueue_trailing(operation_id, raw)
+            if final:
+                self._meter.forget(operation_id)
+                self._appenders.pop(operation_id, None)
+            result = self._writer.enqueue(call, rank_of(entry_type, data))
+        return self._writer.write_now(result)
+
+    def progress(
+        self,
+        operation_id: str,
+        current: Count,
+        total: Count | None = None,
+        message: str | None = None,
+        fields: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> PublishResult:
+        """Report progress, throttled per operation; see ``report_progress`` for the rules and the computed fields.
+
+        A value the throttle holds back costs two number checks, a clock read, a lock and a tuple: no I/O, no JSON, no
+        validation model. Extra ``fields`` named like computed ones raise ``TypeError`` when the report is published.
+        """
+        # Inline checks for the common int/float cases; check_count handles (or refuses) everything else.
+        if not ((current.__class__ is int and current >= 0) or (current.__class__ is float and 0 <= current < _INF)):
+            current = check_count(current, "current")
+        if total is not None and not (
+            (total.__class__ is int and total >= 0) or (total.__class__ is float and 0 <= total < _INF)
+        ):
+            total = check_count(total, "total")
+        now = _monotonic()
+        lock = self._lock
+        lock.acquire()
+        try:
+            decision = self._throttle.offer(
+                operation_id, (current, total, message, fields, now), force=force or current == total, now=now
+            )
+            if decision is _KEPT:
+                return _THROTTLED
+            if decision is _SCHEDULE:
+                self._ensure_thread()
+                self._wakeup.notify()
+                return _THROTTLED
+            try:
+                if fields and not COMPUTED_FIELDS.isdisjoint(fields):
+                    check_fields(fields)
+                call = self._progress_call(operation_id, (current, total, message, fields, now))
+            except (InvalidOperationId, TypeError):
+                self._throttle.forget(operation_id)
+                raise
+            result = self._writer.enqueue(call, Rank.PROGRESS)
+            self._ensure_thread()
+        finally:
+            lock.release()
+        return self._writer.write_now(result)
+
+    def flush_operation(self, operation_id: str) -> None:
+        """Write the operation's held-back progress value now, if it has one (a task ends without a status)."""
+        with self._lock:
+            raw = self._throttle.take_pending(operation_id)
+            if raw is None:
+                return
+            self._enqueue_trailing(operation_id, raw)
+        self._writer.drain()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Publish every held-back progress value now and write all buffered entries; ``True`` if nothing is left.
+
+        While Redis does not answer it retries every ``retry_interval_seconds`` until ``timeout`` seconds have passed
+        (default: the socket timeout).
+        """
+        deadline = _monotonic() + (self.settings.socket_timeout_seconds if timeout is None else timeout)
+        with self._lock:
+            for operation_id in self._throttle.pending_keys():
+                raw = self._throttle.take_pending(operation_id)
+                if raw is not None:
+                    self._enqueue_trailing(operation_id, raw)
+        while not self._writer.drain(probe=True):
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(max(self.settings.retry_interval_seconds, 0.01), remaining))
+        return True
+
+    def check(self) -> bool:
+        """Ping Redis once; on failure log the outage warning (once) and return ``False``. Never raises."""
+        return self._writer.check()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush (see ``flush``), stop the background thread and close the connection this publisher opened.
+
+        The publisher stays usable: a later call reopens what it needs. Returns whether everything was written.
+        """
+        flushed = self.flush(timeout)
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._generation += 1
+            self._wakeup.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.settings.socket_timeout_seconds * 2 + 1)
+        self._writer.close()
+        return flushed
+
+    def __enter__(self) -> ProgressPublisher:
+        return self
+
+    def __exit__(self, *exc_info: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    # -- entries ----------------------------------------------------------------------------------------------------
+
+    def _call(self, operation_id: str, message: str, ttl: int) -> AppendCall:
+        """The append call of one entry; keys are validated once per operation (InvalidOperationId on the first)."""
+        appender = self._appenders.get(operation_id)
+        if appender is None:
+            if len(self._appenders) >= MAX_CACHED_OPERATIONS:
+                self._appenders.clear()
+            appender = OperationAppender(self._keys, operation_id, maxlen=self.settings.stream_maxlen)
+            self._appenders[operation_id] = appender
+        return appender(message, ttl=ttl)
+
+    def _progress_call(self, operation_id: str, raw: RawProgress, timestamp: str | None = None) -> AppendCall:
+        data = self._meter.render(operation_id, raw)
+        message = encode_entry(make_entry(CHUNKING_PROGRESS, data, timestamp), self.settings.max_entry_bytes)
+        return self._call(operation_id, message, self.settings.stream_ttl_seconds)
+
+    def _enqueue_trailing(self, operation_id: str, raw: RawProgress) -> None:
+        """Buffer a held-back value (lock held); one too large to encode is logged and skipped, never raised."""
+        try:
+            self._writer.buffer.append(self._progress_call(operation_id, raw, _wall_clock(raw[4])), Rank.PROGRESS)
+        except ProgressError as exc:
+            logger.warning("celery-progress-ws: skipped a held-back progress value of %s: %s", operation_id, exc)
+
+    # -- background thread ------------------------------------------------------------------------------------------
+
+    def _on_backlog(self) -> None:
+        """The writer holds entries for a Redis that is down: make sure the thread retries them (lock held)."""
+        self._ensure_thread()
+        self._wakeup.notify()
+
+    def _ensure_thread(self) -> None:
+        """Start the background thread in this process if it is not running (lock held)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, args=(self._generation,), name="celery-progress-ws-publisher", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, generation: int) -> None:
+        """Publish held-back values when they are due, retry the buffer while Redis is down, forget idle state."""
+        writer = self._writer
+        sweep_at = _monotonic() + IDLE_SWEEP_SECONDS
+        while True:
+            with self._lock:
+                while generation == self._generation and (delay := self._next_wake(sweep_at)) > 0:
+                    self._wakeup.wait(delay)
+                if generation != self._generation:
+                    return
+                for operation_id, raw in self._throttle.take_due():
+                    self._enqueue_trailing(operation_id, raw)
+                retry = not writer.healthy and _monotonic() >= writer.retry_at
+                write = writer.healthy and len(writer.buffer) > 0
+            if retry or write:
+                writer.drain(probe=retry)
+            if _monotonic() >= sweep_at:
+                sweep_at = _monotonic() + IDLE_SWEEP_SECONDS
+                self._forget_idle()
+
+    def _next_wake(self, sweep_at: float) -> float:
+        """Seconds until the background thread has something to do (lock held)."""
+        now = _monotonic()
+        wake = [sweep_at]
+        due = self._throttle.next_due()
+        if due is not None:
+            wake.append(due)
+        if len(self._writer.buffer):
+            wake.append(now if self._writer.healthy else self._writer.retry_at)
+        return min(wake) - now
+
+    def _forget_idle(self) -> None:
+        with self._lock:
+            self._throttle.forget_idle(self.settings.stream_ttl_seconds)
+            for operation_id in self._meter.operations():
+                if operation_id not in self._throttle:
+                    self._meter.forget(operation_id)
+            self._appenders.clear()
+
+
+class _ForkHook:
+    """Resets a publisher in a forked child; holds it weakly so publishers can still be garbage-collected."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, publisher: ProgressPublisher) -> None:
+        self._ref = weakref.ref(publisher)
+
+    def __call__(self) -> None:
+        publisher = self._ref()
+        if publisher is not None:
+            publisher._start_clean()
+
+
+def _wall_clock(monotonic_at: float) -> str:
+    """The ISO-8601 UTC time at which ``time.monotonic()`` read ``monotonic_at``."""
+    return datetime.fromtimestamp(time.time() - (_monotonic() - monotonic_at), UTC).isoformat()

@@ -1,0 +1,260 @@
+"""Celery signal handlers that turn a task's lifecycle into ``status_update`` entries, for the apps that enabled them.
+
+Handlers are connected once per process (the first time an app enables them) and then look the sending app up in a
+weak registry, so tasks and workers of other apps in the same process are ignored. ``before_task_publish`` carries no
+app: a process with exactly one app enabled for ``queued`` entries writes them for every task it sends; with several,
+the app that has the task registered is chosen, and a task none of them knows is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, Task, signals
+
+from . import _aggregate_hooks, _context
+from ._errors import EntryTooLarge, ProgressError
+from ._publisher import ProgressPublisher
+from ._schemas import STATUS_UPDATE, TaskStatus
+from ._settings import ProgressSettings
+
+logger = logging.getLogger(__name__)
+
+CONF_KEY = "celery_progress_ws"
+"""``app.conf`` key that may hold a ``ProgressSettings`` or a mapping of its fields."""
+
+MAX_ERROR_MESSAGE = 2000
+"""Characters of an exception's text kept in a ``failed`` entry."""
+
+
+@dataclass(eq=False)
+class Binding:
+    """What one app enabled in this process, and the publisher its entries go through."""
+
+    publisher: ProgressPublisher
+    lifecycle: bool = False
+    queued: bool = False
+
+
+_bindings: weakref.WeakKeyDictionary[Celery, Binding] = weakref.WeakKeyDictionary()
+
+
+def settings_for_app(app: Celery) -> ProgressSettings:
+    """``app.conf.celery_progress_ws`` (settings or a mapping of fields, the rest from the environment), else env."""
+    configured = app.conf.get(CONF_KEY)
+    if configured is None:
+        return ProgressSettings()
+    if isinstance(configured, ProgressSettings):
+        return configured
+    if isinstance(configured, Mapping):
+        return ProgressSettings(**configured)
+    raise TypeError(f"app.conf.{CONF_KEY} must be a ProgressSettings or a mapping, not {type(configured).__name__}")
+
+
+def enable_worker_events(app: Celery, publisher: ProgressPublisher) -> Binding:
+    """Publish the lifecycle statuses of ``app``'s tasks in this process, and ``queued`` if the settings say so."""
+    binding = _bindings.setdefault(app, Binding(publisher))
+    binding.publisher = publisher
+    binding.lifecycle = True
+    binding.queued = binding.queued or publisher.settings.publish_queued
+    _connect()
+    return binding
+
+
+def enable_queued_events(app: Celery, settings: ProgressSettings | None = None) -> ProgressPublisher:
+    """Write a ``queued`` entry for every task this process sends through ``app``; for web apps that only send tasks.
+
+    ``settings`` default to ``settings_for_app(app)``. Call it once at start-up; it returns the publisher it uses.
+    If ``app`` is already enabled in this process (say, by the bootstep), that publisher is kept and returned.
+    """
+    binding = _bindings.get(app)
+    if binding is None:
+        binding = _bindings.setdefault(app, Binding(ProgressPublisher(settings or settings_for_app(app))))
+    binding.queued = True
+    _connect()
+    return binding.publisher
+
+
+def disable_events(app: Celery) -> Binding | None:
+    """Stop publishing anything for ``app`` in this process; return what was enabled."""
+    return _bindings.pop(app, None)
+
+
+def bindings() -> list[Binding]:
+    """Everything enabled in this process."""
+    return list(_bindings.values())
+
+
+def _connect() -> None:
+    """Connect every handler once per process (signals keep them; ``dispatch_uid`` makes this idempotent)."""
+    for signal, handler in (
+        (signals.before_task_publish, _on_before_publish),
+        (signals.task_prerun, _on_prerun),
+        (signals.task_postrun, _on_postrun),
+        (signals.task_retry, _on_retry),
+        (signals.task_success, _on_success),
+        (signals.task_failure, _on_failure),
+        (signals.task_revoked, _on_revoked),
+        (signals.worker_process_shutdown, _on_process_shutdown),
+    ):
+        signal.connect(handler, weak=False, dispatch_uid=f"celery_progress_ws.{handler.__name__}")
+
+
+def _lifecycle(task: Task[Any, Any] | None) -> Binding | None:
+    binding = _bindings.get(task.app) if task is not None else None
+    return binding if binding is not None and binding.lifecycle else None
+
+
+def _status(
+    publisher: ProgressPublisher, task_id: str | None, status: TaskStatus, task_name: str, message: str, **extra: Any
+) -> None:
+    """Publish one status entry; all but ``queued``/``started`` end an attempt, flushing its held-back value first."""
+    if not task_id:
+        return
+    data: dict[str, Any] = {"status": status.value, "task_name": task_name, "message": message, **extra}
+    final = status not in (TaskStatus.QUEUED, TaskStatus.STARTED)
+    try:
+        try:
+            publisher.publish(task_id, STATUS_UPDATE, data, final=final)
+        except EntryTooLarge:  # a huge exception text or traceback: keep the status, drop the details
+            data = {"status": status.value, "task_name": task_name, "message": message[:200]}
+            publisher.publish(task_id, STATUS_UPDATE, data, final=final)
+    except ProgressError as exc:  # a custom task id that cannot be a key, or a tiny max_entry_bytes
+        logger.warning("celery-progress-ws: no %s entry for task %s: %s", status.value, task_id, exc)
+    _aggregate_hooks.child_status(publisher, task_id, status, data)
+
+
+def _scope_of(task_id: str | None) -> _context.TaskScope | None:
+    scope = _context.current()
+    return scope if scope is not None and task_id and scope.task_id == task_id else None
+
+
+def _flush_domain_operations(scope: _context.TaskScope | None) -> None:
+    """Write the held-back values of the explicit operation ids a task reported to (its own id is _status's job)."""
+    if scope is None:
+        return
+    for operation_id in sorted(scope.operations):
+        scope.publisher.flush_operation(operation_id)
+    scope.operations.clear()
+
+
+def _on_before_publish(sender: str | None = None, headers: Mapping[str, Any] | None = None, **_: Any) -> None:
+    headers = headers or {}
+    task_id = headers.get("id")
+    if headers.get("retries"):
+        scope = _scope_of(task_id)
+        if scope is not None:  # the running task re-sends itself: say `retrying` before the next attempt can start
+            _announce_retry(scope, sender or "", headers)
+        return
+    candidates = [binding for app, binding in _bindings.items() if binding.queued and _knows(app, sender)]
+    if not candidates:
+        candidates = [binding for binding in _bindings.values() if binding.queued]
+        if len(candidates) != 1:
+            return
+    _status(candidates[0].publisher, task_id, TaskStatus.QUEUED, sender or "", "Task queued")
+
+
+def _announce_retry(scope: _context.TaskScope, task_name: str, headers: Mapping[str, Any]) -> None:
+    """``retrying`` with the exception being handled (``raise self.retry(exc=exc)`` inside ``except``), if any."""
+    handled = sys.exc_info()[1]
+    message = f"{type(handled).__name__}: {handled}" if handled is not None else "Task will be retried"
+    _flush_domain_operations(scope)
+    extra = {"retries": headers.get("retries"), "eta": headers.get("eta")}
+    _status(scope.publisher, scope.task_id, TaskStatus.RETRYING, task_name, message[:MAX_ERROR_MESSAGE], **extra)
+    scope.retry_announced = True
+
+
+def _knows(app: Celery, task_name: str | None) -> bool:
+    """Whether ``app`` registers ``task_name``, without finalizing an app that is not finalized yet."""
+    finalized = getattr(app, "finalized", False)  # a public attribute the celery-types stubs lack
+    return bool(finalized and task_name in app.tasks)
+
+
+def _on_prerun(sender: Task[Any, Any] | None = None, task_id: str | None = None, **_: Any) -> None:
+    binding = _lifecycle(sender)
+    if binding is None or sender is None or not task_id:
+        return
+    _context.push(_context.TaskScope(task_id, binding.publisher))
+    _status(binding.publisher, task_id, TaskStatus.STARTED, sender.name, "Task started")
+
+
+def _on_postrun(sender: Task[Any, Any] | None = None, task_id: str | None = None, **_: Any) -> None:
+    binding = _lifecycle(sender)
+    if binding is None or not task_id:
+        return
+    _flush_domain_operations(_scope_of(task_id))
+    if _context.pop(task_id) is not None:  # Ignore/Reject end a task without a terminal signal: keep the last value
+        binding.publisher.flush_operation(task_id)
+
+
+def _on_retry(sender: Task[Any, Any] | None = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+    binding = _lifecycle(sender)
+    if binding is None or sender is None or request is None:
+        return
+    scope = _scope_of(request.id)
+    if scope is not None and scope.retry_announced:
+        return
+    _flush_domain_operations(scope)
+    message = str(reason) if reason is not None else "Task will be retried"
+    _status(binding.publisher, request.id, TaskStatus.RETRYING, sender.name, message[:MAX_ERROR_MESSAGE])
+
+
+def _on_success(sender: Task[Any, Any] | None = None, **_: Any) -> None:
+    binding = _lifecycle(sender)
+    if binding is None or sender is None:
+        return
+    task_id = sender.request.id
+    _flush_domain_operations(_scope_of(task_id))
+    _status(binding.publisher, task_id, TaskStatus.COMPLETED, sender.name, "Task completed")
+
+
+def _on_failure(
+    sender: Task[Any, Any] | None = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    binding = _lifecycle(sender)
+    if binding is None or sender is None:
+        return
+    _flush_domain_operations(_scope_of(task_id))
+    error_type = type(exception).__name__ if exception is not None else "Exception"
+    error_message = str(exception)[:MAX_ERROR_MESSAGE] if exception is not None else ""
+    extra: dict[str, Any] = {"error_type": error_type, "error_message": error_message}
+    settings = binding.publisher.settings
+    if settings.include_traceback and einfo is not None:
+        extra["traceback"] = str(einfo.traceback)[-(settings.max_entry_bytes // 2) :]
+    _status(binding.publisher, task_id, TaskStatus.FAILED, sender.name, f"Task failed: {error_type}", **extra)
+
+
+def _on_revoked(
+    sender: Task[Any, Any] | None = None,
+    request: Any = None,
+    terminated: bool = False,
+    signum: Any = None,
+    expired: bool = False,
+    **_: Any,
+) -> None:
+    binding = _lifecycle(sender)
+    if binding is None or sender is None or request is None:
+        return
+    if expired:
+        message = "Task expired before it ran"
+    elif terminated:
+        message = f"Task terminated (signal {signum})"
+    else:
+        message = "Task revoked"
+    _status(binding.publisher, request.id, TaskStatus.CANCELLED, sender.name, message)
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    """A pool child exits: write what it still holds (the parent's bootstep cannot)."""
+    _aggregate_hooks.close_all()
+    for binding in bindings():
+        binding.publisher.close()

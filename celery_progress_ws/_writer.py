@@ -1,0 +1,205 @@
+"""Ordered, outage-tolerant writes: one connection per process, a bounded buffer, one warning per outage.
+
+Every entry passes through the buffer and leaves it oldest first, written by one thread at a time (``_io_lock``), so
+the entries of an operation reach Redis in the order they were made. The buffer and the health state are guarded by a
+lock the owner passes in (it enqueues atomically with its own decisions); that lock is never held during I/O.
+After a failed write nothing but a probe (the owner's background retry, or a flush) touches the network until a write
+succeeds again, so no caller waits for an unreachable Redis more than once per outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ._buffer import EntryBuffer, Rank
+from ._redis_write import APPEND_SCRIPT, AppendCall
+from ._schemas import CHUNKING_PROGRESS, STATUS_UPDATE, TERMINAL_STATUSES
+from ._settings import ProgressSettings
+
+logger = logging.getLogger(__name__)
+
+
+class PublishResult(StrEnum):
+    """What happened to one published or reported entry."""
+
+    SENT = "sent"
+    """Written to Redis before the call returned."""
+    THROTTLED = "throttled"
+    """Held back by the throttle; the newest held value is published when the interval ends."""
+    BUFFERED = "buffered"
+    """Redis is unreachable: kept in memory and written when it answers again."""
+    DROPPED = "dropped"
+    """Redis is unreachable and the buffer is full of entries that matter more."""
+
+
+def rank_of(entry_type: str, data: dict[str, Any]) -> Rank:
+    """How long an entry is kept when the buffer overflows."""
+    if entry_type == CHUNKING_PROGRESS:
+        return Rank.PROGRESS
+    if entry_type == STATUS_UPDATE and data.get("status") in TERMINAL_STATUSES:
+        return Rank.TERMINAL
+    return Rank.EVENT
+
+
+class StreamWriter:
+    """Writes append calls to Redis oldest first and keeps them in a bounded buffer while Redis is unreachable.
+
+    ``on_backlog`` is called, with ``lock`` held, whenever entries wait for Redis to come back (so the owner can
+    schedule ``drain(probe=True)`` after ``retry_at``). A ready-made ``client`` is used as it is; otherwise each process
+    opens its own single connection, with the settings' timeouts and one immediate reconnect attempt.
+    """
+
+    def __init__(
+        self,
+        settings: ProgressSettings,
+        client: redis.Redis | None,
+        lock: threading.Lock,
+        on_backlog: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.buffer: EntryBuffer[AppendCall] = EntryBuffer(settings.pending_buffer_size)
+        self.healthy = True
+        self.retry_at = 0.0
+        self._given_client = client
+        self._lock = lock
+        self._on_backlog = on_backlog
+        self._io_lock = threading.Lock()
+        self._client: redis.Redis | None = None
+        self._script: Script | None = None
+        self._client_pid = 0
+
+    def enqueue(self, call: AppendCall, rank: Rank) -> PublishResult | None:
+        """Buffer ``call`` (lock held); ``None`` means: call ``write_now()`` after releasing the lock."""
+        if not self.buffer.append(call, rank):
+            return PublishResult.DROPPED
+        if not self.healthy:
+            self._on_backlog()
+            return PublishResult.BUFFERED
+        return None
+
+    def write_now(self, result: PublishResult | None) -> PublishResult:
+        """Finish what ``enqueue`` started: drain the buffer unless the entry was already buffered or dropped."""
+        if result is not None:
+            return result
+        return PublishResult.SENT if self.drain() else PublishResult.BUFFERED
+
+    def drain(self, probe: bool = False) -> bool:
+        """Write buffered entries oldest first; ``True`` once the buffer is empty, ``False`` if Redis failed.
+
+        While Redis is marked down only a ``probe`` touches the network.
+        """
+        written = 0
+        with self._io_lock:
+            while True:
+                with self._lock:
+                    if not (self.healthy or probe):
+                        return False
+                    taken = self.buffer.pop()
+                if taken is None:
+                    break
+                call, rank = taken
+                try:
+                    self._append_script()(keys=call.keys, args=call.args)
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    with self._lock:
+                        self.buffer.put_back(call, rank)
+                    self._went_down(exc)
+                    return False
+                except RedisError as exc:  # not an outage (wrong key type, OOM...): retrying would not help
+                    logger.warning("celery-progress-ws: Redis refused an entry for %s: %r", call.keys[0], exc)
+                else:
+                    written += 1
+        if written and not self.healthy:
+            self._came_back(written)
+        return True
+
+    def check(self) -> bool:
+        """Ping Redis once; on failure log the outage warning (once) and return ``False``. Never raises."""
+        with self._io_lock:
+            try:
+                self._append_script().registered_client.ping()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self._went_down(exc)
+                return False
+            except RedisError as exc:  # e.g. an ACL that forbids PING: the writes may still work
+                logger.warning("celery-progress-ws: Redis at %s refused PING: %r", self._where(), exc)
+                return False
+        self._came_back(0)
+        return True
+
+    def close(self) -> None:
+        """Close the connection this writer opened (a later write reopens one); a given client is left open."""
+        with self._io_lock:
+            if self._client is not None and self._given_client is None:
+                self._client.close()
+            self._client = self._script = None
+
+    def _append_script(self) -> Script:
+        """The append script bound to this process's client, created on first use (``_io_lock`` held; may raise).
+
+        Our own client holds a single connection: writes are serialised by ``_io_lock`` anyway, and skipping the
+        pool's checkout and check-in on every write is a measurable part of a round trip.
+        """
+        pid = os.getpid()
+        if self._script is None or self._client_pid != pid:
+            self._client = self._given_client or redis.Redis.from_url(
+                self.settings.redis_url,
+                socket_timeout=self.settings.socket_timeout_seconds,
+                socket_connect_timeout=self.settings.socket_timeout_seconds,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                single_connection_client=True,
+            )
+            self._script = self._client.register_script(APPEND_SCRIPT)
+            self._client_pid = pid
+        return self._script
+
+    def _went_down(self, exc: RedisError) -> None:
+        with self._lock:
+            first = self.healthy
+            self.healthy = False
+            self.retry_at = time.monotonic() + self.settings.retry_interval_seconds
+            self._on_backlog()
+        if first:
+            logger.warning(
+                "celery-progress-ws: Redis at %s is unreachable (%s: %s); keeping up to %d entries in memory and "
+                "retrying every %.1f s",
+                self._where(),
+                type(exc).__name__,
+                exc,
+                self.settings.pending_buffer_size,
+                self.settings.retry_interval_seconds,
+            )
+
+    def _came_back(self, written: int) -> None:
+        with self._lock:
+            if self.healthy:
+                return
+            self.healthy = True
+            dropped, self.buffer.dropped = self.buffer.dropped, 0
+        logger.info(
+            "celery-progress-ws: Redis at %s answers again; wrote %d buffered entries, %d were dropped meanwhile",
+            self._where(),
+            written,
+            dropped,
+        )
+
+    def _where(self) -> str:
+        if self._given_client is not None:
+            return repr(self._given_client)
+        parts = urlsplit(self.settings.redis_url)
+        return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"

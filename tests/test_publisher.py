@@ -1,0 +1,225 @@
+"""ProgressPublisher against a real Redis: wire shape, live announcement, TTLs, max length, throttling, order, fork."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import redis
+from streams import kinds, progress_values, read, stream_key, wait_for
+
+from celery_progress_ws import InvalidOperationId, ProgressPublisher, ProgressSettings, PublishResult
+from celery_progress_ws._codec import decode_live
+from celery_progress_ws._keys import KeySpace
+
+pytestmark = pytest.mark.integration
+
+BAD_IDS = ["", "x" * 129, "a b", "tab\there", "new\nline", "nul\x00", "del\x7f", "star*", "what?", "br[ack]et"]
+BAD_IDS += ["back\\"]
+
+
+def test_publish_writes_one_wire_entry_and_announces_it_live(
+    publisher: ProgressPublisher, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """An entry lands in the stream as {timestamp,type,data} and is announced live with its stream id."""
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(KeySpace(settings.key_prefix).live("op-1"))
+    subscribed = pubsub.get_message(timeout=2)
+    assert subscribed is not None
+    assert subscribed["type"] == "subscribe"
+    try:
+        assert publisher.publish("op-1", "chunking_started", {"documents": 3}) is PublishResult.SENT
+        [(entry_id, fields)] = redis_client.xrange(stream_key(settings, "op-1"))
+        [entry] = read(redis_client, settings, "op-1")
+        assert set(entry) == {"timestamp", "type", "data"}
+        assert entry["type"] == "chunking_started"
+        assert entry["data"] == {"documents": 3}
+        assert entry["timestamp"].endswith("+00:00")
+        announcement = pubsub.get_message(timeout=2)
+        assert announcement is not None
+        assert decode_live(announcement["data"]) == (entry_id, fields["message"])
+    finally:
+        pubsub.close()
+
+
+@pytest.mark.parametrize(
+    ("entry_type", "data", "ttl"),
+    [
+        ("chunking_started", {}, 86400),
+        ("status_update", {"status": "started"}, 86400),
+        ("status_update", {"status": "completed"}, 300),
+        ("status_update", {"status": "cancelled"}, 300),
+        ("status_update", {"status": "failed"}, 60),
+    ],
+)
+def test_each_entry_sets_the_stream_ttl_of_its_kind(
+    redis_url: str, key_prefix: str, redis_client: redis.Redis, entry_type: str, data: dict[str, str], ttl: int
+) -> None:
+    """The stream's TTL is 86400 s while running, 300 s after completed/cancelled and 60 s after failed."""
+    settings = ProgressSettings(redis_url=redis_url, key_prefix=key_prefix)
+    with ProgressPublisher(settings) as publisher:
+        publisher.publish("op-ttl", "status_update", {"status": "started"})
+        publisher.publish("op-ttl", entry_type, data)
+    assert ttl - 5 <= redis_client.ttl(stream_key(settings, "op-ttl")) <= ttl
+
+
+def test_stream_keeps_at_most_maxlen_entries(redis_url: str, key_prefix: str, redis_client: redis.Redis) -> None:
+    """With stream_maxlen=10, 25 entries leave exactly the newest 10."""
+    settings = ProgressSettings(redis_url=redis_url, key_prefix=key_prefix, stream_maxlen=10)
+    with ProgressPublisher(settings) as publisher:
+        for i in range(25):
+            publisher.publish("op-max", "tick", {"i": i})
+    entries = read(redis_client, settings, "op-max")
+    assert [entry["data"]["i"] for entry in entries] == list(range(15, 25))
+
+
+@pytest.mark.parametrize("bad_id", BAD_IDS, ids=repr)
+def test_invalid_operation_ids_are_refused_before_redis_is_touched(bad_id: str, key_prefix: str) -> None:
+    """Bad ids raise InvalidOperationId (a ValueError) before any attempt to reach Redis."""
+    settings = ProgressSettings(redis_url="redis://127.0.0.1:1/0", key_prefix=key_prefix, socket_timeout_seconds=0.2)
+    with ProgressPublisher(settings) as publisher:
+        with pytest.raises(InvalidOperationId):
+            publisher.publish(bad_id, "tick", {})
+        with pytest.raises(ValueError, match="operation id"):
+            publisher.progress(bad_id, 1, 2)
+        assert publisher.healthy
+        assert publisher.buffered == 0
+
+
+def test_a_valid_id_does_reach_for_redis(key_prefix: str) -> None:
+    """The control for the test above: with a valid id the same unreachable publisher tries Redis and buffers."""
+    settings = ProgressSettings(redis_url="redis://127.0.0.1:1/0", key_prefix=key_prefix, socket_timeout_seconds=0.2)
+    with ProgressPublisher(settings) as publisher:
+        assert publisher.progress("fine", 1, 2) is PublishResult.BUFFERED
+        assert not publisher.healthy
+        assert publisher.buffered == 1
+
+
+def test_a_malformed_redis_url_is_refused_at_construction() -> None:
+    """A URL redis-py cannot use is a ValueError when the publisher is built, not later inside a task."""
+    with pytest.raises(ValueError, match="scheme"):
+        ProgressPublisher(ProgressSettings(redis_url="http://localhost:6379/0"))
+
+
+def test_a_rejected_id_leaves_no_throttle_state(publisher: ProgressPublisher) -> None:
+    """After an invalid id is refused, the same id is refused again rather than silently held back."""
+    for _ in range(2):
+        with pytest.raises(InvalidOperationId):
+            publisher.progress("bad id", 1, 10)
+
+
+def test_progress_is_throttled_but_first_forced_and_final_values_are_sent(
+    publisher: ProgressPublisher, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """First, force=True and current == total are sent at once; others in the interval are held."""
+    assert publisher.progress("op-t", 1, 10) is PublishResult.SENT
+    assert publisher.progress("op-t", 2, 10) is PublishResult.THROTTLED
+    assert publisher.progress("op-t", 3, 10) is PublishResult.THROTTLED
+    assert publisher.progress("op-t", 4, 10, force=True) is PublishResult.SENT
+    assert publisher.progress("op-t", 10, 10) is PublishResult.SENT
+    assert progress_values(read(redis_client, settings, "op-t")) == [1, 4, 10]
+
+
+def test_held_back_value_is_published_when_the_interval_ends(
+    publisher: ProgressPublisher, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """With no further calls, the background thread writes the newest held-back value once the interval is over."""
+    started = time.monotonic()
+    publisher.progress("op-trail", 1, 10)
+    publisher.progress("op-trail", 2, 10)
+    publisher.progress("op-trail", 3, 10)
+    entries = wait_for(redis_client, settings, "op-trail", lambda e: len(e) == 2, timeout=5)
+    assert time.monotonic() - started >= settings.throttle_seconds
+    assert progress_values(entries) == [1, 3]
+    assert entries[1]["data"]["rate"] is not None
+
+
+def test_an_event_lands_after_the_progress_reported_before_it(
+    publisher: ProgressPublisher, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """publish() writes the held-back progress first, so no event precedes older progress."""
+    publisher.progress("op-order", 1, 10)
+    publisher.progress("op-order", 2, 10)
+    publisher.publish("op-order", "chunking_document_complete", {"document": "a"})
+    assert kinds(read(redis_client, settings, "op-order")) == ["progress:1", "progress:2", "chunking_document_complete"]
+
+
+def test_final_entry_resets_the_operation(publisher: ProgressPublisher) -> None:
+    """After a final entry (the end of a task attempt) the next report counts as a first report again."""
+    publisher.progress("op-final", 1, 10)
+    publisher.publish("op-final", "status_update", {"status": "retrying"}, final=True)
+    assert publisher.progress("op-final", 1, 10) is PublishResult.SENT
+
+
+def test_flush_writes_every_held_back_value(
+    publisher: ProgressPublisher, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """flush() writes the held-back value of every operation at once."""
+    for operation_id in ("op-a", "op-b"):
+        publisher.progress(operation_id, 1, 10)
+        publisher.progress(operation_id, 5, 10)
+    assert publisher.flush(timeout=2)
+    for operation_id in ("op-a", "op-b"):
+        assert progress_values(read(redis_client, settings, operation_id)) == [1, 5]
+
+
+def test_concurrent_threads_keep_each_operations_order(
+    publisher: ProgressPublisher, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """Eight threads publishing to their own operations at once lose nothing and keep each stream in order."""
+
+    def work(index: int) -> None:
+        for i in range(50):
+            publisher.publish(f"op-thread-{index}", "tick", {"i": i})
+            publisher.progress(f"op-thread-{index}", i, 49)
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert publisher.flush(timeout=5)
+    for index in range(8):
+        entries = read(redis_client, settings, f"op-thread-{index}")
+        assert [entry["data"]["i"] for entry in entries if entry["type"] == "tick"] == list(range(50))
+        values = progress_values(entries)
+        assert values == sorted(values)
+        assert values[0] == 0
+        assert values[-1] == 49
+
+
+def test_a_refused_write_is_logged_and_the_publisher_carries_on(
+    publisher: ProgressPublisher,
+    settings: ProgressSettings,
+    redis_client: redis.Redis,
+    progress_log: list[object],
+) -> None:
+    """A Redis error that is not an outage (the key holds a string) is logged once and never raised."""
+    redis_client.set(stream_key(settings, "op-string"), "not a stream")
+    publisher.publish("op-string", "tick", {})
+    assert publisher.healthy
+    assert len(progress_log) == 1
+    assert publisher.publish("op-fine", "tick", {}) is PublishResult.SENT
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_uses_its_own_connection_and_state(
+    publisher: ProgressPublisher, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """A child forked after the parent published opens its own connection, and does not inherit held-back values."""
+    publisher.progress("op-fork", 1, 10)
+    publisher.progress("op-fork", 2, 10)  # held back in the parent
+    parent_connection = publisher._writer._client
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        ok = publisher.buffered == 0 and publisher._writer._client is None
+        publisher.flush(timeout=2)  # must not write the parent's held-back value
+        ok = ok and publisher.publish("op-fork", "child", {"pid": os.getpid()}) is PublishResult.SENT
+        ok = ok and publisher._writer._client is not parent_connection
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert publisher.flush(timeout=2)
+    assert kinds(read(redis_client, settings, "op-fork")) == ["progress:1", "child", "progress:2"]

@@ -1,0 +1,106 @@
+"""A real ``celery worker --pool=prefork --concurrency=2`` subprocess, configured by environment, against Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from streams import ended, kinds, progress_values, stream_key, wait_for
+from worker_tasks import close_app, create_app
+
+from celery_progress_ws import ProgressSettings, enable_queued_events
+from celery_progress_ws._signals import disable_events
+
+pytestmark = pytest.mark.integration
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def prefork_worker(
+    redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path
+) -> Iterator[tuple[Celery, Path]]:
+    """Start the worker subprocess; yield an app that sends to its queue (with `queued` entries enabled, like a web
+    app) and the worker's log file; stop the worker with a warm shutdown (SIGTERM to its pid) afterwards."""
+    queue = f"{broker_namespace}-{uuid.uuid4().hex[:6]}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]),
+        "CPWS_TEST_BROKER_URL": redis_url,
+        "CPWS_TEST_NAMESPACE": broker_namespace,
+        "CPWS_TEST_QUEUE": queue,
+        "CELERY_PROGRESS_WS_REDIS_URL": redis_url,
+        "CELERY_PROGRESS_WS_KEY_PREFIX": settings.key_prefix,
+        "CELERY_PROGRESS_WS_THROTTLE_SECONDS": str(settings.throttle_seconds),
+    }
+    log = tmp_path / "worker.log"
+    command = [sys.executable, "-m", "celery", "-A", "worker_app", "worker", "--pool=prefork", "--concurrency=2"]
+    command += ["--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel=INFO"]
+    command += ["--hostname", f"cpws-{uuid.uuid4().hex[:6]}@%h"]
+    with open(log, "wb") as output:
+        worker = subprocess.Popen(command, cwd=TESTS, env=env, stdout=output, stderr=subprocess.STDOUT)
+    sender = create_app(redis_url, broker_namespace, queue)
+    publisher = enable_queued_events(sender, settings)
+    try:
+        yield sender, log
+    finally:
+        disable_events(sender)
+        publisher.close()
+        close_app(sender)
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def test_prefork_worker_publishes_every_lifecycle_from_children_and_main_process(
+    prefork_worker: tuple[Celery, Path], settings: ProgressSettings, redis_client: redis.Redis, redis_url: str
+) -> None:
+    """Prefork children publish their lifecycles, the main process `cancelled`, the sender `queued`."""
+    app, log = prefork_worker
+    blocker_key = f"{settings.key_prefix}release"
+    blocker = app.tasks["cpws.wait_for_key"].delay(redis_url, blocker_key, 60)
+    count = app.tasks["cpws.count"].delay(5)
+    fail = app.tasks["cpws.fail"].delay("from a child")
+    flaky = app.tasks["cpws.flaky"].delay()
+    assert count.get(timeout=60) == 5, log.read_text()
+    assert flaky.get(timeout=30) == "recovered"
+    fail.get(timeout=30, propagate=False)
+
+    wait_for(redis_client, settings, blocker.id, lambda entries: "status:started" in kinds(entries), timeout=30)
+    assert app.control.revoke(blocker.id, terminate=True, reply=True, limit=1, timeout=10)
+    cancelled = wait_for(redis_client, settings, blocker.id, ended)
+    assert kinds(cancelled)[:3] == ["status:queued", "status:started", "progress:0"]
+    assert cancelled[-1]["data"]["status"] == "cancelled"
+    assert "terminated" in cancelled[-1]["data"]["message"]
+
+    counted = wait_for(redis_client, settings, count.id, ended)
+    assert kinds(counted)[:2] == ["status:queued", "status:started"]
+    assert kinds(counted)[-1] == "status:completed"
+    assert progress_values(counted)[0] == 1
+    assert progress_values(counted)[-1] == 5
+    failed = wait_for(redis_client, settings, fail.id, ended)
+    assert failed[-1]["data"]["error_message"] == "from a child"
+    retried = wait_for(redis_client, settings, flaky.id, ended)
+    assert [kind for kind in kinds(retried) if kind.startswith("status:")] == [
+        "status:queued",
+        "status:started",
+        "status:retrying",
+        "status:started",
+        "status:completed",
+    ]
+    for task_id, ttl in ((count.id, 300), (blocker.id, 300), (fail.id, 60), (flaky.id, 300)):
+        assert ttl - 30 < redis_client.ttl(stream_key(settings, task_id)) <= ttl
+    output = log.read_text()
+    assert "Signal handler" not in output, output
+    assert "celery-progress-ws" not in output, output

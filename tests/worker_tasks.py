@@ -1,0 +1,127 @@
+"""A Celery app with ``ProgressBootstep`` and the tasks the worker tests run, for in-process and subprocess workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.backends.redis import RedisBackend
+
+from celery_progress_ws import ProgressBootstep, ProgressSettings, report_progress, send_event
+
+GATES: dict[str, tuple[threading.Event, threading.Event]] = {}
+"""In-process tests only: ``token -> (reached, release)`` events the ``gated`` task waits on."""
+
+
+def create_app(
+    broker_url: str,
+    namespace: str,
+    queue: str,
+    progress: ProgressSettings | Mapping[str, Any] | None = None,
+) -> Celery:
+    """An app whose broker and result keys all live under ``namespace:``, consuming only from ``queue``."""
+    app = Celery("cpws_tests", broker=broker_url, backend=broker_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=queue,
+        broker_transport_options={"global_keyprefix": f"{namespace}:"},
+        result_backend_transport_options={"global_keyprefix": f"{namespace}:"},
+        control_exchange=f"{namespace}-control",
+        result_expires=600,
+        result_backend_thread_safe=True,  # one backend for all threads, so close_app() can close it
+        worker_hijack_root_logger=False,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+    )
+    if progress is not None:
+        app.conf.celery_progress_ws = progress
+    app.steps["worker"].add(ProgressBootstep)
+    _register_tasks(app)
+    return app
+
+
+def close_app(app: Celery) -> None:
+    """Release the connections this thread opened through ``app``: the result listener, the result and broker pools."""
+    backend = app.backend
+    if isinstance(backend, RedisBackend):
+        # Results collected later unsubscribe in __del__, which would open a new connection for keys still listed.
+        backend.result_consumer.subscribed_to.clear()
+        backend.result_consumer.stop()
+        backend.client.connection_pool.disconnect()
+    app.close()
+
+
+def _register_tasks(app: Celery) -> None:
+    @app.task(name="cpws.count", shared=False)
+    def count(n: int, total: int | None = None) -> int:
+        """Reports 1..n, each with the seed's extra fields."""
+        for i in range(1, n + 1):
+            report_progress(i, n if total is None else total, message=f"item {i}", chunks_created=2 * i,
+                            current_document=f"doc-{i}")  # fmt: skip
+        return n
+
+    @app.task(name="cpws.burst", shared=False)
+    def burst(calls: int, seconds: float) -> float:
+        """``calls`` reports spread over about ``seconds``; the total is never reached, so none is forced."""
+        start = time.monotonic()
+        for i in range(1, calls + 1):
+            report_progress(i, 2 * calls)
+            if i % 100 == 0:
+                time.sleep(max(0.0, start + seconds * i / calls - time.monotonic()))
+        return time.monotonic() - start
+
+    @app.task(name="cpws.fail", shared=False)
+    def fail(text: str) -> None:
+        """Reports once, then raises."""
+        report_progress(1, 2, message="about to fail")
+        raise ValueError(text)
+
+    @app.task(name="cpws.flaky", shared=False, bind=True, max_retries=1)
+    def flaky(self: Task[Any, Any]) -> str:
+        """Fails its first attempt with a retry, succeeds on the second."""
+        report_progress(self.request.retries + 1, 2)
+        try:
+            if self.request.retries == 0:
+                raise RuntimeError("flaky dependency")
+        except RuntimeError as exc:
+            raise self.retry(exc=exc, countdown=0) from exc
+        return "recovered"
+
+    @app.task(name="cpws.events", shared=False)
+    def events(domain_id: str) -> None:
+        """Sends a chunking event and reports to a domain operation as well as to the task's own stream."""
+        send_event("chunking_started", {"documents": 2})
+        report_progress(1, 10, operation_id=domain_id)
+        send_event("chunking_document_complete", {"document": "a.pdf"}, operation_id=domain_id)
+        report_progress(2, 10, operation_id=domain_id)  # held back by the throttle, written when the task ends
+
+    @app.task(name="cpws.wait_for_key", shared=False)
+    def wait_for_key(url: str, key: str, timeout: float) -> bool:
+        """Reports once, then blocks until ``key`` exists in Redis (lets a test revoke a running task)."""
+        report_progress(0, 1, message="waiting")
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if client.exists(key):
+                    return True
+                time.sleep(0.05)
+            return False
+        finally:
+            client.close()
+
+    @app.task(name="cpws.gated", shared=False)
+    def gated(token: str) -> str:
+        """Reports, waits for the test to release it (e.g. after stopping Redis), then reports to the end."""
+        reached, release = GATES[token]
+        report_progress(1, 3, message="before")
+        reached.set()
+        if not release.wait(10):
+            raise TimeoutError("the test never released the gate")
+        report_progress(2, 3, message="during")
+        send_event("chunking_document_complete", {"document": "b.pdf"})
+        report_progress(3, 3, message="done")
+        return "ok"
