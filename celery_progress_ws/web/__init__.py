@@ -1,0 +1,21 @@
+"""The web half: deliver operation progress from Redis to browsers over WebSocket and Server-Sent Events.
+
+::
+
+    manager = ProgressManager()
+    app = FastAPI(lifespan=manager.lifespan)
+    app.include_router(create_progress_router(manager, get_user_id=..., authorize=...), prefix="/progress")
+"""
+
+from .._async_publisher import AsyncProgressPublisher
+from ._manager import ProgressManager
+from ._router import Authorize, create_progress_router
+from ._state import OperationGetter
+
+__all__ = [
+    "AsyncProgressPublisher",
+    "Authorize",
+    "OperationGetter",
+    "ProgressManager",
+    "create_progress_router",
+]

@@ -1,0 +1,115 @@
+"""Cancelling an operation from the web: revoke its task (or an aggregate's children), then tell its viewers at once.
+
+The web process writes the ``cancelled`` status itself (for an aggregate, ``cancel_aggregate`` does, atomically), right
+after the revoke is broadcast, so viewers see it before any worker acts. A worker that then revokes or terminates the
+task writes its own ``cancelled`` entry; clients stop at the first terminal entry, so the second one is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from .._aggregate import aggregate_children, cancel_aggregate
+from .._codec import terminal_status
+from .._errors import ProgressError
+from .._keys import validate_operation_id
+from .._schemas import STATUS_UPDATE, TaskStatus
+from ._manager import ProgressManager
+from ._source import SourceUnavailable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BROKER_DOWN = (OperationalError, RedisError, OSError)
+"""What a revoke broadcast raises when the broker cannot be reached."""
+
+CANCELLED_MESSAGE = "Cancelled on request"
+
+
+class OperationNotFound(ProgressError, LookupError):
+    """Nothing is known about the operation: no stream and no aggregate."""
+
+
+class OperationFinished(ProgressError):
+    """The operation has already ended; ``status`` is its terminal status when known."""
+
+    def __init__(self, status: TaskStatus | None = None) -> None:
+        self.status = status
+        super().__init__(f"The operation has already ended ({status.value})" if status else "The operation has ended")
+
+
+class BrokerUnavailable(ProgressError):
+    """The revoke could not be broadcast to the workers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """What a cancel request did: the task ids revoked, and whether running ones are terminated."""
+
+    operation_id: str
+    revoked: tuple[str, ...]
+    terminate: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "operation_id": self.operation_id,
+            "status": TaskStatus.CANCELLED.value,
+            "revoked": len(self.revoked),
+            "terminate": self.terminate,
+        }
+
+
+class Canceller:
+    """Cancels operations (single tasks and ``track()``-ed aggregates) through ``celery_app``."""
+
+    def __init__(self, manager: ProgressManager, celery_app: Celery) -> None:
+        self._manager = manager
+        self._app = celery_app
+
+    async def cancel(self, operation_id: str) -> Cancellation:
+        """Revoke and announce ``cancelled``; raises ``OperationNotFound``, ``OperationFinished``,
+        ``BrokerUnavailable`` or ``SourceUnavailable`` (Redis cannot be read)."""
+        operation_id = validate_operation_id(operation_id)
+        settings = self._manager.settings
+        entries = await self._manager.read_entries(operation_id)
+        children = await _redis_call(aggregate_children, operation_id, settings)
+        if not entries and children is None:
+            raise OperationNotFound(f"Nothing is known about operation {operation_id}")
+        finished = next((status for entry in entries if (status := terminal_status(entry)) is not None), None)
+        if finished is not None:
+            raise OperationFinished(finished)
+        targets = tuple(children) if children is not None else (operation_id,)
+        terminate = settings.cancel_terminate
+        try:
+            await asyncio.to_thread(self._revoke, list(targets), terminate, settings.cancel_signal)
+        except BROKER_DOWN as exc:
+            raise BrokerUnavailable(f"Revoking {operation_id} failed: {exc}") from exc
+        if children is None:
+            data = {"status": TaskStatus.CANCELLED.value, "message": CANCELLED_MESSAGE}
+            await self._manager.send_update(operation_id, STATUS_UPDATE, data)
+        elif not await _redis_call(cancel_aggregate, operation_id, settings, CANCELLED_MESSAGE):
+            raise OperationFinished()  # it ended between the check and the revoke (revoking finished tasks is a no-op)
+        logger.info("Cancelled %s (%d tasks revoked, terminate=%s)", operation_id, len(targets), terminate)
+        return Cancellation(operation_id, targets, terminate)
+
+    def _revoke(self, task_ids: list[str], terminate: bool, signal: str) -> None:
+        """Broadcast the revoke (blocking: runs in a worker thread)."""
+        if task_ids:
+            self._app.control.revoke(task_ids, terminate=terminate, signal=signal)
+
+
+async def _redis_call(function: Callable[..., T], *args: Any) -> T:
+    """Run a blocking Redis call of the aggregate module in a worker thread; Redis failures become unavailability."""
+    try:
+        return await asyncio.to_thread(function, *args)
+    except RedisError as exc:
+        raise SourceUnavailable(f"{function.__name__} failed: {exc}") from exc

@@ -1,0 +1,186 @@
+"""Routes live entries to the subscribers of each topic and runs their catch-up (history, resume and repair).
+
+Each live entry is decoded and serialized once, then offered to every subscriber of its topic (one queue append each).
+A subscriber's catch-up is one short task at a time: make sure the topic's live channel is subscribed (confirmed),
+read the stream after the subscriber's position, then release the live entries it buffered meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from .._codec import decode_entry, parse_stream_id, terminal_status
+from .._errors import MalformedEntry
+from .._schemas import GapReason
+from ._outbox import Outgoing
+from ._source import RawEntry, SourceUnavailable, StreamSource, Topic, TopicKind, gap_reason
+from ._subscriber import CLOSE_COMPLETED, Subscriber
+
+logger = logging.getLogger(__name__)
+
+RETRY_FIRST_SECONDS = 0.05
+CLOSE_INTERNAL_ERROR = (1011, "Internal server error")
+
+
+class Hub:
+    """Knows which subscribers watch which topic; implements ``SourceListener`` for the stream source."""
+
+    def __init__(
+        self, source: StreamSource, *, history_batch: int, max_entry_bytes: int, retry_max_seconds: float
+    ) -> None:
+        self.source = source
+        self._history_batch = history_batch
+        self._max_entry_bytes = max_entry_bytes
+        self._retry_max_seconds = retry_max_seconds
+        self._topics: dict[Topic, set[Subscriber]] = {}
+        self._catch_ups: dict[Subscriber, asyncio.Task[None]] = {}
+
+    @property
+    def topics(self) -> list[Topic]:
+        """Topics with at least one subscriber in this process."""
+        return list(self._topics)
+
+    def subscribers(self, topic: Topic) -> list[Subscriber]:
+        return list(self._topics.get(topic, ()))
+
+    def attach(self, subscriber: Subscriber) -> None:
+        """Start delivering ``subscriber``'s topic to it: catch-up first, then live."""
+        self._topics.setdefault(subscriber.topic, set()).add(subscriber)
+        self._schedule(subscriber)
+
+    async def detach(self, subscriber: Subscriber) -> None:
+        """Stop delivering to ``subscriber``; unsubscribe its topic when it was the last one."""
+        task = self._catch_ups.pop(subscriber, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        subscribers = self._topics.get(subscriber.topic)
+        if subscribers is None or subscriber not in subscribers:
+            return
+        subscribers.discard(subscriber)
+        if not subscribers:
+            del self._topics[subscriber.topic]
+            await self.source.drop(subscriber.topic)
+
+    def broadcast(self, topic: Topic, message: dict[str, Any]) -> int:
+        """Hand a message without stream id straight to the local subscribers of ``topic``; return how many."""
+        terminal = topic.kind is TopicKind.OPERATION and _is_terminal(message)
+        item = Outgoing.unstored(message, terminal=terminal)
+        subscribers = self._topics.get(topic, ())
+        for subscriber in subscribers:
+            subscriber.offer_live(item)
+        return len(subscribers)
+
+    # -- SourceListener ---------------------------------------------------------------------------------------------
+
+    def on_entry(self, topic: Topic, entry_id: str, message: bytes | str) -> None:
+        subscribers = self._topics.get(topic)
+        if not subscribers:
+            return
+        item = self.decode(topic, entry_id, message)
+        if item is not None:
+            for subscriber in subscribers:
+                subscriber.offer_live(item)
+
+    def on_lost(self) -> None:
+        for subscribers in self._topics.values():
+            for subscriber in subscribers:
+                subscriber.begin_catch_up()
+
+    def on_restored(self, restarted: bool) -> None:
+        for subscribers in self._topics.values():
+            for subscriber in subscribers:
+                if restarted:
+                    subscriber.note_gap(GapReason.REDIS_RESTARTED)
+                if subscriber.catching_up:
+                    self._schedule(subscriber)
+
+    # -- catch-up -------------------------------------------------------------------------------------------------
+
+    def _schedule(self, subscriber: Subscriber) -> None:
+        task = self._catch_ups.get(subscriber)
+        if task is not None and not task.done():
+            subscriber.rerun = True
+            return
+        task = asyncio.get_running_loop().create_task(self._catch_up(subscriber))
+        self._catch_ups[subscriber] = task
+        task.add_done_callback(lambda done: self._forget_task(subscriber, done))
+
+    def _forget_task(self, subscriber: Subscriber, task: asyncio.Task[None]) -> None:
+        if self._catch_ups.get(subscriber) is task:
+            del self._catch_ups[subscriber]
+
+    async def _catch_up(self, subscriber: Subscriber) -> None:
+        try:
+            await self._catch_up_rounds(subscriber)
+        except Exception:  # a task boundary: end this one connection, never the process
+            logger.exception("Catch-up of %s %r failed", subscriber.topic.kind, subscriber.topic.name)
+            subscriber.outbox.abort(*CLOSE_INTERNAL_ERROR)
+
+    async def _catch_up_rounds(self, subscriber: Subscriber) -> None:
+        delay = RETRY_FIRST_SECONDS
+        while not subscriber.closed:
+            subscriber.rerun = False
+            try:
+                await self.source.ensure(subscriber.topic)
+                await self._read_history(subscriber)
+            except SourceUnavailable:
+                if not self.source.available:
+                    return  # the source calls on_restored once it is back, which schedules another round
+                await asyncio.sleep(delay)  # a command failed while the live connection is up: retry, backing off
+                delay = min(delay * 2, self._retry_max_seconds)
+                continue
+            if await subscriber.end_catch_up():
+                return
+
+    async def _read_history(self, subscriber: Subscriber) -> None:
+        topic = subscriber.topic
+        if subscriber.position is not None:
+            info = await self.source.info(topic)
+            reason = gap_reason(info, subscriber.position)
+            if reason is not None:
+                subscriber.note_gap(reason)
+            elif info is not None and info.last is not None and self._already_finished(topic, info.last, subscriber):
+                subscriber.outbox.close(*CLOSE_COMPLETED)  # resumed at or after the terminal entry: nothing will come
+                return
+        cursor = subscriber.last_id
+        while True:
+            batch = await self.source.read_after(topic, cursor, self._history_batch)
+            for entry_id, message in batch:
+                cursor = entry_id
+                item = self.decode(topic, entry_id, message)
+                if item is not None and not await subscriber.deliver_history(item):
+                    return
+            if len(batch) < self._history_batch:
+                return
+
+    def _already_finished(self, topic: Topic, newest: RawEntry, subscriber: Subscriber) -> bool:
+        """Whether the stream's newest entry is terminal and the subscriber already has it."""
+        item = self.decode(topic, *newest)
+        if item is None or item.key is None or subscriber.position is None:
+            return False
+        return item.terminal and item.key <= subscriber.position
+
+    def decode(self, topic: Topic, entry_id: str, message: bytes | str | None) -> Outgoing | None:
+        """Decode a stored entry once; log and skip anything that is not a valid entry."""
+        try:
+            if message is None:
+                raise MalformedEntry("entry has no `message` field")
+            if len(message) > self._max_entry_bytes:
+                raise MalformedEntry(f"entry is {len(message)} bytes; the limit is {self._max_entry_bytes}")
+            entry = decode_entry(message)
+            key = parse_stream_id(entry_id)
+        except MalformedEntry as exc:
+            logger.warning("Skipping entry %s of %s %r: %s", entry_id, topic.kind, topic.name, exc)
+            return None
+        terminal = topic.kind is TopicKind.OPERATION and terminal_status(entry) is not None
+        return Outgoing.stored(entry_id, key, entry, terminal=terminal)
+
+
+def _is_terminal(message: dict[str, Any]) -> bool:
+    data = message.get("data")
+    return isinstance(data, dict) and terminal_status({"type": message.get("type"), "data": data}) is not None

@@ -1,0 +1,361 @@
+"""``ProgressManager``: the web half's facade, with the seed manager's public methods over the delivery core.
+
+It wires the pieces together (a Redis command client and pub/sub client, the live source, the hub, the connection
+registry and the async publisher) and owns their lifecycle; the work itself happens in those pieces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocket
+
+from .._async_publisher import AsyncProgressPublisher
+from .._codec import decode_entry, is_valid_stream_id, make_entry, parse_stream_id
+from .._errors import ConnectionRefused, MalformedEntry
+from .._keys import validate_channel, validate_operation_id
+from .._schemas import CHUNKING_PROGRESS
+from .._settings import ProgressSettings
+from ._connections import Connections
+from ._hub import Hub
+from ._leases import RedisUserCount
+from ._outbox import Outgoing
+from ._redis_source import RedisSource, command_client, pubsub_client
+from ._registry import ConnectionKey
+from ._session import Session
+from ._source import SourceUnavailable, Topic, TopicKind
+from ._state import OperationGetter, current_state, snapshot
+from ._subscriber import CLOSE_COMPLETED
+from ._websocket import WebSocketTransport, refuse, serve
+
+logger = logging.getLogger(__name__)
+
+CLOSE_SHUTDOWN = (1001, "Server shutting down")
+THROTTLE_IDLE_SECONDS = 300.0
+
+
+class ProgressManager:
+    """Delivers operation progress (and custom channel messages) from Redis to WebSocket and SSE clients.
+
+    Settings come from ``ProgressSettings`` (environment) unless given; pass ``redis=`` to use a ready-made
+    ``redis.asyncio.Redis`` for commands (the manager then opens only its pub/sub connection itself).
+    Nothing connects before ``startup()`` (or the ``lifespan``), and a Redis that is down does not stop it.
+    """
+
+    def __init__(self, settings: ProgressSettings | None = None, *, redis: Redis | None = None) -> None:
+        self.settings = settings or ProgressSettings()
+        self._owns_commands = redis is None
+        self.redis: Redis = redis if redis is not None else command_client(self.settings)
+        self._pubsub_redis = pubsub_client(self.settings, redis)
+        self._source = RedisSource(self.settings, commands=self.redis, pubsub=self._pubsub_redis)
+        self._hub = Hub(
+            self._source,
+            history_batch=self.settings.history_batch,
+            max_entry_bytes=self.settings.max_entry_bytes,
+            retry_max_seconds=self.settings.reconnect_max_seconds,
+        )
+        self._source.bind(self._hub)
+        self._publisher = AsyncProgressPublisher(self.redis, self.settings, on_failure=self._publish_failed)
+        self._user_count = RedisUserCount(
+            self.redis,
+            self._publisher.keys,
+            limit=self.settings.max_connections_per_user,
+            lease_seconds=self.settings.connection_lease_seconds,
+        )
+        self._connections = Connections(
+            self._hub,
+            capacity=self.settings.client_queue_size,
+            max_per_user=self.settings.max_connections_per_user,
+            max_total=self.settings.max_total_connections,
+            shared=self._user_count,
+        )
+        self._get_operation: OperationGetter | None = None
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+
+    @property
+    def redis_available(self) -> bool:
+        """Whether live delivery is connected to Redis right now."""
+        return self._source.available
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def startup(self) -> None:
+        """Start live delivery; returns after the first connection attempt and keeps retrying in the background."""
+        if self._started:
+            return
+        self._started = True
+        await self._user_count.start()
+        await self._source.start()
+        if self._source.available:
+            logger.info("Progress manager connected to Redis")
+        else:
+            logger.warning("Progress manager started without Redis: current state only until it is reachable")
+
+    async def shutdown(self) -> None:
+        """Write pending throttled values, close every connection, stop live delivery and close owned clients."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(RedisError):
+            await self._publisher.aclose()
+        await self._connections.close_all(*CLOSE_SHUTDOWN)
+        await self._user_count.stop()
+        await self._source.stop()
+        await self._pubsub_redis.aclose()
+        if self._owns_commands:
+            await self.redis.aclose()
+
+    @asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """``FastAPI(lifespan=manager.lifespan)``: ``startup()`` before serving, ``shutdown()`` after."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    def set_operation_getter(self, get_operation_func: OperationGetter | None) -> None:
+        """Set ``getter(operation_id)`` (sync or async) whose answer is sent as ``current_state`` on connect."""
+        self._get_operation = get_operation_func
+
+    # -- operation connections ------------------------------------------------------------------------------------
+
+    async def connect(
+        self, websocket: WebSocket, operation_id: str, user_id: str, *, last_event_id: str | None = None
+    ) -> None:
+        """Accept a WebSocket for an operation: ``current_state``, then the history after ``last_event_id``, then live.
+
+        Refusals close the socket with 1008 and raise ``ConnectionRefused`` (``UserLimitExceeded``,
+        ``ServerLimitExceeded``). Returns once the socket is accepted; history and live entries follow.
+        """
+        topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
+        await self._open_websocket(websocket, topic, user_id, last_event_id)
+
+    async def disconnect(self, websocket: WebSocket, operation_id: str, user_id: str) -> None:
+        """Forget a WebSocket of an operation (call it when the socket is done, however it ended)."""
+        await self._close_websocket(websocket, ConnectionKey(str(user_id), TopicKind.OPERATION, operation_id))
+
+    async def connect_to_channel(
+        self, websocket: WebSocket, channel: str, user_id: str, *, last_event_id: str | None = None
+    ) -> None:
+        """Accept a WebSocket for a custom channel: its stored messages (after ``last_event_id``), then live ones."""
+        topic = Topic(TopicKind.CHANNEL, validate_channel(channel))
+        await self._open_websocket(websocket, topic, user_id, last_event_id)
+
+    async def disconnect_from_channel(self, websocket: WebSocket, channel: str, user_id: str) -> None:
+        """Forget a WebSocket of a custom channel."""
+        await self._close_websocket(websocket, ConnectionKey(str(user_id), TopicKind.CHANNEL, channel))
+
+    async def listen(self, websocket: WebSocket) -> None:
+        """Read (bounded, ignored) client messages until the client leaves or the server ends the connection."""
+        session = self._connections.of_websocket(websocket)
+        if session is not None:
+            await serve(websocket, session, self.settings.max_client_message_bytes)
+
+    async def open_events(self, operation_id: str, user_id: str, *, last_event_id: str | None = None) -> Session:
+        """Register an SSE connection (limits apply) and start its delivery; end it with ``close_events``."""
+        topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
+        session = await self._open(topic, user_id, last_event_id, handle=None)
+        self._connections.attach(session)
+        return session
+
+    async def close_events(self, session: Session) -> None:
+        """End an SSE connection (its response has finished, however it ended)."""
+        await self._connections.end(session)
+
+    async def _open_websocket(
+        self, websocket: WebSocket, topic: Topic, user_id: str, last_event_id: str | None
+    ) -> None:
+        try:
+            session = await self._open(topic, user_id, last_event_id, handle=websocket)
+        except ConnectionRefused as exc:
+            await refuse(websocket, exc.reason)
+            raise
+        try:
+            await websocket.accept()
+        except BaseException:
+            await self._connections.end(session)
+            raise
+        session.start_sender(WebSocketTransport(websocket))
+        self._connections.attach(session)
+        logger.info("%s connected (%d in this process)", session.key, len(self._connections))
+
+    async def _open(self, topic: Topic, user_id: str, last_event_id: str | None, *, handle: object) -> Session:
+        """Register a session within the limits and queue its ``current_state``; delivery starts on ``attach``."""
+        if not self._started:
+            await self.startup()
+        if last_event_id is not None and not is_valid_stream_id(last_event_id):
+            raise ValueError(f"last_event_id {last_event_id[:50]!r} is not a stream id such as 1700000000000-0")
+        session = await self._connections.open(topic, str(user_id), last_event_id, handle=handle)
+        if topic.kind is TopicKind.OPERATION and self._get_operation is not None:
+            try:
+                state = await self._current_state(topic.name)
+            except BaseException:  # cancelled while asking the getter: do not leak the slot
+                await self._connections.end(session)
+                raise
+            if state is not None:
+                session.outbox.offer(Outgoing.unstored(state))
+        return session
+
+    async def _current_state(self, operation_id: str) -> dict[str, Any] | None:
+        if self._get_operation is None:
+            return None
+        try:
+            return await current_state(self._get_operation, operation_id)
+        except Exception:  # the application's getter: its failure must not refuse the connection
+            logger.exception("The operation getter failed for %s; no current_state sent", operation_id)
+            return None
+
+    async def _close_websocket(self, websocket: WebSocket, key: ConnectionKey) -> None:
+        session = self._connections.of_websocket(websocket)
+        if session is not None and session.key == key:
+            await self._connections.end(session)
+
+    # -- publishing -----------------------------------------------------------------------------------------------
+
+    async def send_update(
+        self,
+        operation_id: str,
+        update_type: str,
+        data: dict[str, Any],
+        *,
+        throttle: bool = False,
+        throttle_key: str | None = None,
+    ) -> None:
+        """Append an entry to the operation's stream; without Redis, hand it straight to local clients instead.
+
+        With ``throttle``, at most one entry per ``throttle_seconds`` and ``throttle_key`` (default: the operation)
+        is written; the newest held-back value follows when the interval ends, or before the operation's next entry.
+        """
+        validate_operation_id(operation_id)
+        try:
+            await self._publisher.publish(operation_id, update_type, data, throttle=throttle, throttle_key=throttle_key)
+        except RedisError as exc:
+            logger.warning(
+                "Writing %s of %s to Redis failed (%s); sending to local clients only", update_type, operation_id, exc
+            )
+            await self._publish_failed(operation_id, make_entry(update_type, data))
+
+    async def send_chunking_progress(
+        self,
+        operation_id: str,
+        progress_percentage: float,
+        documents_processed: int,
+        total_documents: int,
+        chunks_created: int,
+        current_document: str | None = None,
+        throttle: bool = True,
+    ) -> None:
+        """A ``chunking_progress`` entry, throttled per operation unless ``throttle=False``."""
+        data = {
+            "progress_percentage": progress_percentage,
+            "documents_processed": documents_processed,
+            "total_documents": total_documents,
+            "chunks_created": chunks_created,
+            "current_document": current_document,
+        }
+        await self.send_update(operation_id, CHUNKING_PROGRESS, data, throttle=throttle, throttle_key=operation_id)
+
+    async def send_chunking_event(self, operation_id: str, event_type: str, data: dict[str, Any]) -> None:
+        """Any other event (``chunking_started``, ``chunking_document_complete``, ...), never throttled."""
+        await self.send_update(operation_id, event_type, data)
+
+    async def send_message(self, channel: str, message: dict[str, Any]) -> None:
+        """Send a message to a custom channel (stored for ``channel_ttl_seconds``); local clients only without Redis.
+
+        A message with a string ``type`` and an object ``data`` keeps them; anything else is sent as
+        ``{"type": "message", "data": message}``.
+        """
+        entry = _channel_entry(message)
+        topic = Topic(TopicKind.CHANNEL, validate_channel(channel))
+        try:
+            await self._publisher.publish_to_channel(channel, entry)
+        except RedisError as exc:
+            logger.warning("Writing to channel %s failed (%s); sending to local clients only", channel, exc)
+            self._hub.broadcast(topic, entry)
+
+    async def broadcast_to_operation(self, operation_id: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to this process' clients of an operation directly, without storing it."""
+        self._hub.broadcast(Topic(TopicKind.OPERATION, validate_operation_id(operation_id)), message)
+
+    async def _publish_failed(self, operation_id: str, entry: dict[str, Any]) -> None:
+        self._hub.broadcast(Topic(TopicKind.OPERATION, operation_id), entry)
+
+    # -- reading and clean-up -------------------------------------------------------------------------------------
+
+    async def snapshot(self, operation_id: str) -> dict[str, Any] | None:
+        """Latest status, latest progress and last entry id of an operation; ``None`` when nothing is known.
+
+        Raises ``SourceUnavailable`` when Redis cannot be read.
+        """
+        topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
+        newest = await self._source.read_latest(topic, self.settings.history_batch)
+        return snapshot(operation_id, newest, await self._current_state(operation_id))
+
+    async def read_entries(self, operation_id: str, count: int | None = None) -> list[dict[str, Any]]:
+        """The newest ``count`` (default ``history_batch``) well-formed entries of an operation, newest first.
+
+        Raises ``SourceUnavailable`` when Redis cannot be read.
+        """
+        topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
+        newest = await self._source.read_latest(topic, count or self.settings.history_batch)
+        entries = []
+        for _, message in newest:
+            with contextlib.suppress(MalformedEntry):
+                entries.append(decode_entry(message or ""))
+        return entries
+
+    async def is_finished(self, operation_id: str, last_event_id: str) -> bool:
+        """Whether ``last_event_id`` is at or after the operation's terminal entry (nothing more will come)."""
+        topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
+        try:
+            newest = await self._source.read_latest(topic, 1)
+        except SourceUnavailable:
+            return False
+        if not newest or newest[0][1] is None or parse_stream_id(newest[0][0]) > parse_stream_id(last_event_id):
+            return False
+        item = self._hub.decode(topic, *newest[0])
+        return item is not None and item.terminal
+
+    async def cleanup_stream(self, operation_id: str) -> None:
+        """Delete an operation's stream (when it is finished or deleted) to free Redis memory."""
+        stream = self._publisher.keys.stream(operation_id)
+        try:
+            await self.redis.delete(stream)
+        except RedisError as exc:
+            logger.warning("Deleting the stream of %s failed: %s", operation_id, exc)
+
+    async def cleanup_operation_channel(self, operation_id: str) -> None:
+        """Forget an operation entirely: throttle state, its stream, and its local connections (closed with 1000)."""
+        self._publisher.forget(operation_id)
+        await self.cleanup_stream(operation_id)
+        for subscriber in self._hub.subscribers(Topic(TopicKind.OPERATION, operation_id)):
+            subscriber.outbox.close(*CLOSE_COMPLETED)
+
+    async def cleanup_stale_connections(self) -> int:
+        """Unregister connections whose sender has stopped and drop idle throttle state; return how many."""
+        stale = self._connections.stale()
+        for session in stale:
+            await self._connections.end(session)
+        self._publisher.forget_idle(THROTTLE_IDLE_SECONDS)
+        if stale:
+            logger.info("Cleaned up %d stale connections", len(stale))
+        return len(stale)
+
+
+def _channel_entry(message: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(message.get("type"), str) and isinstance(message.get("data"), dict):
+        timestamp = message.get("timestamp")
+        return make_entry(message["type"], message["data"], timestamp if isinstance(timestamp, str) else None)
+    return make_entry("message", message)

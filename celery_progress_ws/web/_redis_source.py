@@ -1,0 +1,322 @@
+"""The stream source over Redis: one pub/sub connection for live entries, a small command pool for history.
+
+The pub/sub connection is subscribed to the live channel of every topic with a local subscriber. Each announcement
+carries its stream id (``APPEND_SCRIPT`` publishes ``"<id> <json>"``), so nothing is read back for live delivery.
+When the connection drops, the source tells the hub (which starts buffering and re-reading), reconnects with capped
+exponential backoff for as long as it takes, resubscribes, compares Redis' ``run_id`` and tells the hub again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._codec import MESSAGE_FIELD, decode_live, parse_stream_id
+from .._errors import MalformedEntry
+from .._keys import KeySpace
+from .._settings import ProgressSettings
+from ._source import RawEntry, SourceListener, SourceUnavailable, StreamInfo, Topic, TopicKind
+
+logger = logging.getLogger(__name__)
+
+DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+"""What a lost or unreachable Redis raises."""
+COMMAND_CONNECTIONS = 1
+"""Command connections per process; with the pub/sub connection, two reading connections in all."""
+SUBSCRIBE_CHUNK = 256
+BACKOFF_FIRST_SECONDS = 0.05
+
+
+def command_client(settings: ProgressSettings) -> Redis:
+    """A client on a bounded blocking pool (redis-py's default pool stalls silently past 100 connections)."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=COMMAND_CONNECTIONS,
+        timeout=None,
+        socket_timeout=settings.socket_timeout_seconds,
+        socket_connect_timeout=settings.socket_timeout_seconds,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return Redis(connection_pool=pool)
+
+
+def pubsub_client(settings: ProgressSettings, commands: Redis | None = None) -> Redis:
+    """A client for the pub/sub connection that never reconnects behind our back (a lost message must be noticed)."""
+    never = Retry(NoBackoff(), 0, supported_errors=())
+    if commands is None:
+        pool = ConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=1,
+            socket_timeout=settings.socket_timeout_seconds,
+            socket_connect_timeout=settings.socket_timeout_seconds,
+            retry=never,
+        )
+    else:
+        base = commands.connection_pool
+        kwargs = {**base.connection_kwargs, "retry": never, "decode_responses": False}
+        pool = ConnectionPool(connection_class=base.connection_class, max_connections=1, **kwargs)
+    return Redis(connection_pool=pool)
+
+
+class RedisSource:
+    """``StreamSource`` over Redis; call ``bind`` with the listener, then ``start``."""
+
+    def __init__(self, settings: ProgressSettings, *, commands: Redis, pubsub: Redis) -> None:
+        self._keys = KeySpace(settings.key_prefix)
+        self._commands = commands
+        self._client = pubsub
+        self._ping_interval = settings.heartbeat_seconds
+        self._backoff_max = settings.reconnect_max_seconds
+        self._listener: SourceListener | None = None
+        self._wanted: dict[bytes, Topic] = {}
+        self._current: dict[bytes, asyncio.Future[bool]] = {}
+        self._replies: dict[bytes, deque[asyncio.Future[bool]]] = {}
+        self._pubsub: PubSub | None = None
+        self._generation = 0
+        self._send_lock = asyncio.Lock()
+        self._run_id: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._first_attempt = asyncio.Event()
+        self._available = False
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    def bind(self, listener: SourceListener) -> None:
+        self._listener = listener
+
+    async def start(self) -> None:
+        """Connect in the background; return after the first attempt, whether it succeeded or not."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="celery-progress-ws live source")
+        await self._first_attempt.wait()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- subscriptions --------------------------------------------------------------------------------------------
+
+    async def ensure(self, topic: Topic) -> None:
+        channel = self._channel(topic)
+        self._wanted[channel] = topic
+        if not self._available:
+            raise SourceUnavailable("Redis is not connected")
+        future = self._current.get(channel)
+        if future is None:
+            future = self._expect_reply(channel)
+            generation = self._generation
+            try:
+                async with self._send_lock:
+                    if generation == self._generation and self._pubsub is not None:
+                        await self._pubsub.subscribe(channel)
+            except DOWN as exc:
+                raise SourceUnavailable("SUBSCRIBE failed") from exc
+        if not await asyncio.shield(future):
+            raise SourceUnavailable("the live connection was lost before the subscription was confirmed")
+
+    async def drop(self, topic: Topic) -> None:
+        channel = self._channel(topic)
+        self._wanted.pop(channel, None)
+        self._current.pop(channel, None)
+        if not self._available:
+            return
+        generation = self._generation
+        with contextlib.suppress(*DOWN):  # a broken connection is noticed (and replaced) by the listening loop
+            async with self._send_lock:
+                if generation == self._generation and self._pubsub is not None and channel not in self._wanted:
+                    await self._pubsub.unsubscribe(channel)
+
+    def _expect_reply(self, channel: bytes) -> asyncio.Future[bool]:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._current[channel] = future
+        self._replies.setdefault(channel, deque()).append(future)
+        return future
+
+    def _confirm(self, channel: bytes) -> None:
+        replies = self._replies.get(channel)
+        if replies:
+            future = replies.popleft()
+            if not replies:
+                del self._replies[channel]
+            if not future.done():
+                future.set_result(True)
+
+    def _channel(self, topic: Topic) -> bytes:
+        if topic.kind is TopicKind.OPERATION:
+            return self._keys.live(topic.name).encode()
+        return self._keys.channel_live(topic.name).encode()
+
+    def _stream(self, topic: Topic) -> str:
+        if topic.kind is TopicKind.OPERATION:
+            return self._keys.stream(topic.name)
+        return self._keys.channel_stream(topic.name)
+
+    # -- reads ----------------------------------------------------------------------------------------------------
+
+    async def read_after(self, topic: Topic, after: str | None, count: int) -> list[RawEntry]:
+        start = "-" if after is None else "(" + after
+        return await self._read(topic, self._commands.xrange(self._stream(topic), min=start, max="+", count=count))
+
+    async def read_latest(self, topic: Topic, count: int) -> list[RawEntry]:
+        return await self._read(topic, self._commands.xrevrange(self._stream(topic), max="+", min="-", count=count))
+
+    async def _read(self, topic: Topic, command: Any) -> list[RawEntry]:
+        try:
+            rows = await command
+        except DOWN as exc:
+            raise SourceUnavailable("reading the stream failed") from exc
+        except ResponseError as exc:  # e.g. a key of another type under the stream's name
+            logger.warning("Cannot read the stream of %s %r: %s", topic.kind, topic.name, exc)
+            return []
+        return [(_text(entry_id), _message(fields)) for entry_id, fields in rows]
+
+    async def info(self, topic: Topic) -> StreamInfo | None:
+        try:
+            raw = await self._commands.xinfo_stream(self._stream(topic))
+        except DOWN as exc:
+            raise SourceUnavailable("XINFO failed") from exc
+        except ResponseError:  # no such key (or not a stream)
+            return None
+        first = raw.get("first-entry")
+        last = raw.get("last-entry")
+        max_deleted = raw.get("max-deleted-entry-id")
+        added = raw.get("entries-added")
+        return StreamInfo(
+            length=int(raw["length"]),
+            first_id=parse_stream_id(first[0]) if first else None,
+            max_deleted_id=parse_stream_id(max_deleted) if max_deleted is not None else None,
+            entries_added=int(added) if added is not None else None,
+            last=(_text(last[0]), _message(last[1])) if last else None,
+        )
+
+    # -- the connection loop --------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            pubsub: PubSub | None = None
+            try:
+                pubsub = await self._connect()
+            except (*DOWN, RedisError) as exc:
+                level = logging.WARNING if failures == 0 else logging.DEBUG
+                logger.log(level, "Redis unreachable for live progress (%s); retrying in the background", exc)
+            except Exception:  # a task boundary: whatever went wrong, keep trying
+                logger.exception("Connecting live progress to Redis failed; retrying in the background")
+            self._first_attempt.set()
+            if pubsub is not None:
+                if failures:
+                    logger.warning("Live progress reconnected to Redis")
+                failures = 0
+                try:
+                    await self._listen(pubsub)
+                except DOWN as exc:
+                    logger.warning("Live progress lost its Redis connection (%s); reconnecting", exc)
+                except Exception:  # a task boundary: keep the process delivering whatever went wrong here
+                    logger.exception("Live progress listener failed; reconnecting")
+                finally:
+                    await self._disconnect(pubsub)
+            failures += 1
+            await asyncio.sleep(self._backoff(failures))
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self._backoff_max, BACKOFF_FIRST_SECONDS * 2.0 ** (failures - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    async def _connect(self) -> PubSub:
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.connect()  # type: ignore[no-untyped-call]
+            run_id = str((await self._commands.info("server")).get("run_id", ""))
+            async with self._send_lock:
+                self._generation += 1
+                self._pubsub = pubsub
+                channels = list(self._wanted)
+                for channel in channels:
+                    self._expect_reply(channel)
+                for start in range(0, len(channels), SUBSCRIBE_CHUNK):
+                    await pubsub.subscribe(*channels[start : start + SUBSCRIBE_CHUNK])
+                self._available = True
+        except BaseException:
+            await self._disconnect(pubsub)
+            raise
+        restarted = self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        if self._listener is not None:
+            self._listener.on_restored(restarted)
+        return pubsub
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        awaiting_pong = False
+        while True:
+            connection = pubsub.connection
+            if connection is None or not connection.is_connected:  # never let redis-py reconnect silently
+                raise RedisConnectionError("the pub/sub connection was closed")
+            message = await pubsub.get_message(timeout=self._ping_interval)
+            if message is None:
+                if awaiting_pong:
+                    raise RedisTimeoutError(f"no answer to PING within {self._ping_interval} s")
+                async with self._send_lock:
+                    await pubsub.ping()
+                awaiting_pong = True
+                continue
+            awaiting_pong = False
+            kind = message["type"]
+            if kind == "message":
+                self._dispatch(message["channel"], message["data"])
+            elif kind == "subscribe":
+                self._confirm(message["channel"])
+
+    def _dispatch(self, channel: bytes, payload: bytes) -> None:
+        topic = self._wanted.get(channel)
+        if topic is None or self._listener is None:
+            return
+        try:
+            entry_id, message = decode_live(payload)
+        except MalformedEntry as exc:
+            logger.warning("Skipping a live announcement on %r: %s", channel, exc)
+            return
+        self._listener.on_entry(topic, entry_id, message)
+
+    async def _disconnect(self, pubsub: PubSub) -> None:
+        """Forget the connection: fail pending confirmations and tell the listener before anything is resubscribed."""
+        was_available = self._available
+        self._available = False
+        if self._pubsub is pubsub:
+            self._pubsub = None
+            self._generation += 1
+            for replies in self._replies.values():
+                for future in replies:
+                    if not future.done():
+                        future.set_result(False)
+            self._replies.clear()
+            self._current.clear()
+        if was_available and self._listener is not None:
+            self._listener.on_lost()
+        with contextlib.suppress(*DOWN):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _message(fields: dict[Any, Any]) -> bytes | str | None:
+    message: bytes | str | None = fields.get(MESSAGE_FIELD.encode(), fields.get(MESSAGE_FIELD))
+    return message

@@ -1,0 +1,80 @@
+"""The connections of one process, keyed by ``(user, kind, name)``, with the per-user and global limits.
+
+``add`` checks both limits and registers in one synchronous step, so concurrent connects cannot overshoot. The
+per-user count across web processes is a ``SharedUserCount`` (transport-agnostic; ``_leases`` has the Redis one),
+asked after this local check passes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Generic, NamedTuple, Protocol, TypeVar
+
+from .._errors import ServerLimitExceeded, UserLimitExceeded
+from ._source import TopicKind
+
+H = TypeVar("H")
+
+
+class ConnectionKey(NamedTuple):
+    """Who watches what: never matched by substring, always compared as a whole."""
+
+    user_id: str
+    kind: TopicKind
+    name: str
+
+
+class SharedUserCount(Protocol):
+    """A per-user connection count shared by every web process; unavailable backends admit (the local limit holds)."""
+
+    async def acquire(self, user_id: str, connection_id: str) -> bool:
+        """Count ``connection_id`` for ``user_id``; ``False`` when the user already holds the limit everywhere."""
+
+    async def release(self, user_id: str, connection_id: str) -> None:
+        """Stop counting ``connection_id``; never raises for an unreachable backend."""
+
+
+class ConnectionRegistry(Generic[H]):
+    """Open connections (any handle type) under their keys, within the configured limits."""
+
+    def __init__(self, *, max_per_user: int, max_total: int) -> None:
+        self.max_per_user = max_per_user
+        self.max_total = max_total
+        self._handles: dict[ConnectionKey, list[H]] = {}
+        self._per_user: Counter[str] = Counter()
+        self._total = 0
+
+    def __len__(self) -> int:
+        return self._total
+
+    def __iter__(self) -> Iterator[tuple[ConnectionKey, H]]:
+        """A snapshot of every ``(key, handle)``."""
+        return iter([(key, handle) for key, handles in self._handles.items() for handle in handles])
+
+    def count(self, user_id: str) -> int:
+        return self._per_user[user_id]
+
+    def add(self, key: ConnectionKey, handle: H) -> None:
+        """Register ``handle``; raise ``ServerLimitExceeded`` or ``UserLimitExceeded`` (the seed's order) if full."""
+        if self._total >= self.max_total:
+            raise ServerLimitExceeded()
+        if self._per_user[key.user_id] >= self.max_per_user:
+            raise UserLimitExceeded()
+        self._handles.setdefault(key, []).append(handle)
+        self._per_user[key.user_id] += 1
+        self._total += 1
+
+    def remove(self, key: ConnectionKey, handle: H) -> bool:
+        """Unregister ``handle``; ``False`` if it was not registered under ``key``."""
+        handles = self._handles.get(key)
+        if handles is None or not any(item is handle for item in handles):
+            return False
+        handles[:] = [item for item in handles if item is not handle]
+        if not handles:
+            del self._handles[key]
+        self._per_user[key.user_id] -= 1
+        if not self._per_user[key.user_id]:
+            del self._per_user[key.user_id]
+        self._total -= 1
+        return True

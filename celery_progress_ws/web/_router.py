@@ -1,0 +1,199 @@
+"""``create_progress_router``: HTTP and WebSocket routes translated to ``ProgressManager`` calls, nothing more."""
+
+# No `from __future__ import annotations`: FastAPI must resolve the routes' annotations, which use a local alias.
+
+import inspect
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from celery import Celery
+from fastapi import APIRouter, Depends, Header, HTTPException, Response, WebSocket
+from fastapi.responses import FileResponse
+
+from .._codec import is_valid_stream_id
+from .._errors import ConnectionRefused, InvalidChannelName, InvalidOperationId, Unauthorized
+from .._keys import validate_channel, validate_operation_id
+from ._cancel import BrokerUnavailable, Canceller, OperationFinished, OperationNotFound
+from ._manager import ProgressManager
+from ._source import SourceUnavailable
+from ._sse import EventStreamResponse
+from ._websocket import refuse
+
+STATIC = Path(__file__).parent / "static"
+CLIENT_FILES = {
+    "client.js": ("progress-client.js", "text/javascript"),
+    "client.d.ts": ("progress-client.d.ts", "text/plain"),
+}
+
+Authorize = Callable[[Any, str], "bool | Awaitable[bool]"]
+"""``authorize(user_id, operation_id_or_channel)``, sync or async: may this user watch it? Only ``True`` allows."""
+
+
+class _BadRequest(ValueError):
+    """A request the routes refuse before asking the manager (invalid id or resume id)."""
+
+
+def create_progress_router(
+    manager: ProgressManager,
+    *,
+    get_user_id: Callable[..., Any],
+    authorize: Authorize,
+    authorize_channel: Authorize | None = None,
+    celery_app: Celery | None = None,
+) -> APIRouter:
+    """The progress routes, to mount with ``app.include_router(router, prefix="/progress")``.
+
+    ``get_user_id`` is a FastAPI dependency usable by HTTP and WebSocket routes alike (declare a
+    ``starlette.requests.HTTPConnection`` parameter to read headers, query parameters or cookies).
+    ``authorize(user_id, operation_id)`` decides who may watch what; ``authorize_channel(user_id, channel)``
+    does so for custom channels (default: ``authorize`` with the channel name).
+    With ``celery_app``, ``POST /operations/{operation_id}/cancel`` revokes an operation (see docs/cancellation.md).
+    """
+    channel_check = authorize_channel or authorize
+    UserId = Annotated[Any, Depends(get_user_id)]  # noqa: N806 - a type alias
+    router = APIRouter()
+
+    @router.websocket("/operations/{operation_id}/ws")
+    async def operation_socket(
+        websocket: WebSocket, operation_id: str, user_id: UserId, last_event_id: str | None = None
+    ) -> None:
+        """Live entries of one operation over a WebSocket; resume with ``?last_event_id=``."""
+        try:
+            operation_id = validate_operation_id(operation_id)
+            resume = _resume_id(last_event_id)
+        except (InvalidOperationId, _BadRequest) as exc:
+            await refuse(websocket, str(exc))
+            return
+        if not await _allowed(authorize, user_id, operation_id):
+            await refuse(websocket, Unauthorized.reason)
+            return
+        try:
+            await manager.connect(websocket, operation_id, str(user_id), last_event_id=resume)
+        except ConnectionRefused:
+            return
+        try:
+            await manager.listen(websocket)
+        finally:
+            await manager.disconnect(websocket, operation_id, str(user_id))
+
+    @router.websocket("/channels/{channel}/ws")
+    async def channel_socket(
+        websocket: WebSocket, channel: str, user_id: UserId, last_event_id: str | None = None
+    ) -> None:
+        """Messages of one custom channel over a WebSocket; resume with ``?last_event_id=``."""
+        try:
+            channel = validate_channel(channel)
+            resume = _resume_id(last_event_id)
+        except (InvalidChannelName, _BadRequest) as exc:
+            await refuse(websocket, str(exc))
+            return
+        if not await _allowed(channel_check, user_id, channel):
+            await refuse(websocket, Unauthorized.reason)
+            return
+        try:
+            await manager.connect_to_channel(websocket, channel, str(user_id), last_event_id=resume)
+        except ConnectionRefused:
+            return
+        try:
+            await manager.listen(websocket)
+        finally:
+            await manager.disconnect_from_channel(websocket, channel, str(user_id))
+
+    @router.get("/operations/{operation_id}/events", response_model=None)
+    async def operation_events(
+        operation_id: str,
+        user_id: UserId,
+        last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+        last_event_id: str | None = None,
+    ) -> Response:
+        """Live entries of one operation as Server-Sent Events; resume with ``Last-Event-ID`` or ``?last_event_id=``.
+
+        The header (sent by EventSource on reconnects) wins over the query parameter (usable on a first connect).
+        """
+        operation_id, resume = _checked(operation_id, last_event_id_header or last_event_id)
+        await _authorized(authorize, user_id, operation_id)
+        if resume is not None and await manager.is_finished(operation_id, resume):
+            return Response(status_code=204)  # tells EventSource not to reconnect: nothing more will come
+        try:
+            session = await manager.open_events(operation_id, str(user_id), last_event_id=resume)
+        except ConnectionRefused as exc:
+            raise HTTPException(status_code=429, detail=exc.reason) from exc
+        return EventStreamResponse(session, heartbeat=manager.settings.heartbeat_seconds, on_end=manager.close_events)
+
+    @router.get("/operations/{operation_id}")
+    async def operation_snapshot(operation_id: str, user_id: UserId) -> dict[str, Any]:
+        """Latest status, latest progress and last entry id of an operation."""
+        operation_id, _ = _checked(operation_id, None)
+        await _authorized(authorize, user_id, operation_id)
+        try:
+            found = await manager.snapshot(operation_id)
+        except SourceUnavailable as exc:
+            raise HTTPException(status_code=503, detail="Progress store unavailable") from exc
+        if found is None:
+            raise HTTPException(status_code=404, detail="Nothing is known about this operation")
+        return found
+
+    if celery_app is not None:
+        canceller = Canceller(manager, celery_app)
+
+        @router.post("/operations/{operation_id}/cancel", status_code=202)
+        async def cancel_operation(operation_id: str, user_id: UserId) -> dict[str, Any]:
+            """Revoke the operation's task (terminating it if ``cancel_terminate``) and announce ``cancelled``."""
+            operation_id, _ = _checked(operation_id, None)
+            await _authorized(authorize, user_id, operation_id)
+            try:
+                cancellation = await canceller.cancel(operation_id)
+            except OperationNotFound as exc:
+                raise HTTPException(status_code=404, detail="Nothing is known about this operation") from exc
+            except OperationFinished as exc:
+                raise HTTPException(status_code=409, detail=str(exc)) from exc
+            except SourceUnavailable as exc:
+                raise HTTPException(status_code=503, detail="Progress store unavailable") from exc
+            except BrokerUnavailable as exc:
+                raise HTTPException(status_code=503, detail="Task broker unavailable") from exc
+            return cancellation.as_json()
+
+    @router.get("/client.js", include_in_schema=False)
+    async def client_module() -> FileResponse:
+        """The browser client, an ES module."""
+        return _static("client.js")
+
+    @router.get("/client.d.ts", include_in_schema=False)
+    async def client_declarations() -> FileResponse:
+        """TypeScript declarations of the browser client."""
+        return _static("client.d.ts")
+
+    return router
+
+
+def _static(name: str) -> FileResponse:
+    filename, media_type = CLIENT_FILES[name]
+    return FileResponse(STATIC / filename, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+def _resume_id(last_event_id: str | None) -> str | None:
+    if last_event_id is None or last_event_id == "":
+        return None
+    if not is_valid_stream_id(last_event_id):
+        raise _BadRequest(f"Invalid last_event_id {last_event_id[:50]!r}: expected a stream id such as 1700000000000-0")
+    return last_event_id
+
+
+def _checked(operation_id: str, last_event_id: str | None) -> tuple[str, str | None]:
+    try:
+        return validate_operation_id(operation_id), _resume_id(last_event_id)
+    except (InvalidOperationId, _BadRequest) as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+
+
+async def _allowed(check: Authorize, user_id: Any, name: str) -> bool:
+    answer = check(user_id, name)
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return answer is True
+
+
+async def _authorized(check: Authorize, user_id: Any, name: str) -> None:
+    if not await _allowed(check, user_id, name):
+        raise HTTPException(status_code=403, detail=Unauthorized.reason)

@@ -1,0 +1,108 @@
+"""The Starlette WebSocket edge: the transport a session sends through, refusals, and bounded client input."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from ._outbox import Outbox
+from ._session import Session, TransportClosed
+
+POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+MAX_REASON_BYTES = 123
+"""A close frame's reason must fit in 123 bytes of UTF-8."""
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a close frame can carry."""
+    return text.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
+
+
+class WebSocketTransport:
+    """``Transport`` over a Starlette WebSocket; the peer going away becomes ``TransportClosed``."""
+
+    __slots__ = ("websocket",)
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self.websocket.send_text(text)
+        except WebSocketDisconnect as exc:
+            raise TransportClosed(f"peer left ({exc.code})") from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.websocket.application_state is WebSocketState.DISCONNECTED:
+            return
+        try:
+            await self.websocket.close(code, close_reason(reason))
+        except WebSocketDisconnect as exc:
+            raise TransportClosed(f"peer left ({exc.code})") from exc
+
+
+async def refuse(websocket: WebSocket, reason: str, code: int = POLICY_VIOLATION) -> None:
+    """Accept, then close with ``code`` and ``reason``: a browser sees the reason, unlike a rejected handshake."""
+    with contextlib.suppress(WebSocketDisconnect):
+        if websocket.application_state is WebSocketState.CONNECTING:
+            await websocket.accept()
+        await websocket.close(code, close_reason(reason))
+
+
+async def read_client(websocket: WebSocket, outbox: Outbox, max_bytes: int) -> None:
+    """Read and discard what the client sends until it leaves; a message over ``max_bytes`` closes with 1009."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        size = len(text.encode()) if text is not None else len(message.get("bytes") or b"")
+        if size > max_bytes:
+            outbox.abort(MESSAGE_TOO_BIG, f"Message too big (limit {max_bytes} bytes)")
+
+
+async def serve(websocket: WebSocket, session: Session, max_bytes: int) -> None:
+    """Run until the client leaves or the server has ended the connection (terminal status, overflow, shutdown).
+
+    Client input is read in the calling task (no reader task, no waiter task per connection); when the session's
+    sender stops first, it interrupts that read by cancelling the calling task, and only that cancellation is absorbed.
+    """
+    sender = session.sender
+    task = asyncio.current_task()
+    if sender is None or task is None:  # no sender to wait for: read until the client leaves
+        await read_client(websocket, session.outbox, max_bytes)
+        return
+    if sender.done():
+        return
+    interrupt = _Interrupt(task)
+    sender.add_done_callback(interrupt)
+    try:
+        await read_client(websocket, session.outbox, max_bytes)
+    except asyncio.CancelledError:
+        if not interrupt.fired or task.uncancel() > 0:
+            raise
+    except WebSocketDisconnect:
+        pass
+    finally:
+        interrupt.armed = False
+        sender.remove_done_callback(interrupt)
+
+
+class _Interrupt:
+    """A sender's done-callback that cancels the task reading the client, while that read is going on."""
+
+    __slots__ = ("armed", "fired", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task: asyncio.Task[object] | None = task
+        self.armed = True
+        self.fired = False
+
+    def __call__(self, _sender: object) -> None:
+        task, self.task = self.task, None
+        if self.armed and task is not None:
+            self.fired = True
+            task.cancel()

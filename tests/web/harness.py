@@ -1,0 +1,169 @@
+"""Real servers and real clients for the web tests: uvicorn in a thread or a subprocess, websockets helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvicorn
+from fastapi import FastAPI
+from serverapp import build_app
+from websockets.asyncio.client import ClientConnection
+
+from celery_progress_ws import ProgressSettings
+from celery_progress_ws.web import ProgressManager
+from devtools.servers import free_port
+
+T = TypeVar("T")
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+
+
+class ThreadServer:
+    """A uvicorn server running an app in a thread of its own (its own event loop), on a free port."""
+
+    def __init__(self, manager: ProgressManager, app: FastAPI | None = None) -> None:
+        self.manager = manager
+        self.port = free_port()
+        config = uvicorn.Config(
+            build_app(manager) if app is None else app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            loop="asyncio",
+            timeout_graceful_shutdown=5,
+        )
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name=f"uvicorn:{self.port}", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.server.serve()
+
+    async def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the server's event loop (the manager lives there) and await its result."""
+        assert self.loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(20)
+
+
+class ProcessServer:
+    """A uvicorn subprocess serving ``serverapp:create_app`` with settings from its environment."""
+
+    def __init__(self, settings: ProgressSettings) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "CELERY_PROGRESS_WS_REDIS_URL": settings.redis_url,
+            "CELERY_PROGRESS_WS_KEY_PREFIX": settings.key_prefix,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),
+        }
+        command = [sys.executable, "-m", "uvicorn", "serverapp:create_app", "--factory", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--log-level", "warning"]
+        self.process = subprocess.Popen(command, env=env, cwd=HERE, stdin=subprocess.DEVNULL)
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError("uvicorn subprocess exited")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("uvicorn subprocess did not listen") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def ws_url(server: ThreadServer | ProcessServer, operation_id: str, user: str = "alice", **query: str) -> str:
+    extra = "".join(f"&{key}={value}" for key, value in query.items())
+    return f"{server.ws}/progress/operations/{operation_id}/ws?user={user}{extra}"
+
+
+async def receive_json(websocket: ClientConnection, within: float = 10) -> dict[str, Any]:
+    """The next message as JSON, failing the test if none arrives in time."""
+    async with asyncio.timeout(within):
+        message = await websocket.recv()
+    result: dict[str, Any] = json.loads(message)
+    return result
+
+
+async def receive_until_closed(websocket: ClientConnection, within: float = 15) -> list[dict[str, Any]]:
+    """Every message until the server closes the socket."""
+    messages: list[dict[str, Any]] = []
+    async with asyncio.timeout(within):
+        async for message in websocket:
+            messages.append(json.loads(message))
+    return messages
+
+
+class SseEvent(dict[str, str]):
+    """One Server-Sent Event: its ``id`` (if any), ``event`` and ``data`` fields."""
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[SseEvent | str]:
+    """Parse an event stream; yields events, and ``":"``-comments as plain strings."""
+    event = SseEvent()
+    async for line in lines:
+        if line == "":
+            if event:
+                yield event
+            event = SseEvent()
+        elif line.startswith(":"):
+            yield line
+        else:
+            field, _, value = line.partition(":")
+            event[field] = value.removeprefix(" ")
+
+
+async def eventually(condition: Callable[[], bool], within: float = 5) -> None:
+    """Wait until ``condition()`` holds: for server-side state (in another thread) that offers no event to await."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - server-side state in another thread has no event to await
+            await asyncio.sleep(0.01)
