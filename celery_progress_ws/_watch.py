@@ -1,0 +1,552 @@
+"""``celery-progress-ws watch``: follow operations straight from Redis, as live progress bars or as JSON lines.
+
+It subscribes to each operation's live channel first, then reads the stream's history, and drops every entry whose
+id it has already shown, so nothing written meanwhile is missed or shown twice. When Redis drops it reconnects and
+resumes after the last id it showed, reporting a ``history_gap`` when entries were lost in between.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TextIO
+
+import redis
+from pydantic import ValidationError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ._codec import (
+    decode_entry,
+    decode_fields,
+    decode_live,
+    delivered,
+    parse_stream_id,
+    terminal_status,
+)
+from ._errors import InvalidOperationId, MalformedEntry
+from ._keys import KeySpace, validate_operation_id
+from ._schemas import CHUNKING_PROGRESS, HISTORY_GAP, STATUS_UPDATE, GapReason, TaskStatus, utc_now_iso
+from ._settings import ProgressSettings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+EXIT_CANCELLED = 2
+EXIT_TIMEOUT = 3
+EXIT_USAGE = 64
+EXIT_UNAVAILABLE = 69
+EXIT_INTERRUPTED = 130
+
+PING_INTERVAL_SECONDS = 10.0
+"""A silent pub/sub connection is pinged this often, to notice a connection that died without a reset."""
+PING_TIMEOUT_SECONDS = 10.0
+SUBSCRIBE_TIMEOUT_SECONDS = 10.0
+POLL_SECONDS = 0.5
+FIRST_RETRY_SECONDS = 0.1
+
+PROG = "celery-progress-ws watch"
+DESCRIPTION = "Follow operations straight from Redis: history first, then live, until each reaches a final status."
+EPILOG = """\
+exit status:
+  0   every operation completed
+  1   an operation failed
+  2   an operation was cancelled (and none failed)
+  3   --timeout passed before every operation ended
+  64  invalid operation id, option or setting
+  69  Redis refused the watcher (authentication, permissions, a key of the wrong type)
+  130 interrupted
+"""
+
+
+@dataclass
+class _Operation:
+    """What the watcher knows about one operation."""
+
+    operation_id: str
+    stream: str
+    live: str
+    last_id: str | None = None
+    final: TaskStatus | None = None
+
+
+class _Sink(Protocol):
+    """Where the watcher sends what it reads."""
+
+    def entry(self, operation: _Operation, message: dict[str, Any]) -> None: ...
+
+    def gap(self, operation: _Operation, message: dict[str, Any]) -> None: ...
+
+    def warn(self, text: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _JsonSink:
+    """One JSON line per delivered entry (and per ``history_gap``), tagged with ``operation_id``; warnings on stderr."""
+
+    def __init__(self, stdout: TextIO, stderr: TextIO) -> None:
+        self._stdout = stdout
+        self._stderr = stderr
+
+    def entry(self, operation: _Operation, message: dict[str, Any]) -> None:
+        self._stdout.write(json.dumps({"operation_id": operation.operation_id, **message}) + "\n")
+        self._stdout.flush()
+
+    def gap(self, operation: _Operation, message: dict[str, Any]) -> None:
+        self.entry(operation, message)
+
+    def warn(self, text: str) -> None:
+        self._stderr.write(f"{PROG}: {text}\n")
+        self._stderr.flush()
+
+    def close(self) -> None:
+        return None
+
+
+def _clean(value: object, limit: int = 80) -> str:
+    """A value as one printable line (task-supplied text must not drive the terminal), shortened to ``limit``."""
+    text = "".join(char if char.isprintable() else " " for char in str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else _clean(value, 16)
+
+
+def _duration(seconds: float) -> str:
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+_STATUS_STYLE = {
+    "queued": "dim",
+    "started": "cyan",
+    "retrying": "yellow",
+    "completed": "bold green",
+    "failed": "bold red",
+    "cancelled": "bold yellow",
+}
+
+
+class _RichSink:
+    """A live progress bar per operation (percentage, status, documents, chunks, rate, ETA, current document)."""
+
+    def __init__(self, operation_ids: Sequence[str], stdout: TextIO) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self._console: Console = Console(file=stdout, highlight=False)
+        self._progress: Progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=30),
+            TextColumn("{task.fields[percent]}", justify="right"),
+            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[detail]}", markup=False),
+            console=self._console,
+            refresh_per_second=8,
+        )
+        self._tasks: dict[str, TaskID] = {
+            operation_id: self._progress.add_task(
+                _clean(operation_id, 36), total=None, percent="", status="[dim]waiting", detail=""
+            )
+            for operation_id in operation_ids
+        }
+        self._progress.start()
+
+    def entry(self, operation: _Operation, message: dict[str, Any]) -> None:
+        task = self._tasks[operation.operation_id]
+        data: dict[str, Any] = message["data"]
+        if message["type"] == CHUNKING_PROGRESS:
+            percentage = data.get("progress_percentage")
+            if isinstance(percentage, int | float):
+                self._progress.update(task, total=100, completed=percentage, percent=f"{percentage:5.1f}%")
+            self._progress.update(task, detail=self._detail(data))
+        elif message["type"] == STATUS_UPDATE:
+            status = _clean(data.get("status"), 20)
+            self._progress.update(task, status=f"[{_STATUS_STYLE.get(status, 'white')}]{status}")
+            if status == TaskStatus.COMPLETED:
+                self._progress.update(task, total=100, completed=100, percent="100.0%")
+            elif status == TaskStatus.FAILED:
+                error = ": ".join(_clean(data[key], 200) for key in ("error_type", "error_message") if data.get(key))
+                self._line(operation, "failed", error or _clean(data.get("message") or "", 200), "red")
+        else:
+            summary = _clean(json.dumps(data, default=str), 100) if data else ""
+            self._line(operation, _clean(message["type"], 40), summary, "cyan")
+
+    def gap(self, operation: _Operation, message: dict[str, Any]) -> None:
+        reason = message["data"]["reason"]
+        self._line(operation, "history gap", f"entries may be missing ({reason})", "yellow")
+
+    def warn(self, text: str) -> None:
+        from rich.text import Text
+
+        self._console.print(Text(_clean(text, 300), style="yellow"))
+
+    def close(self) -> None:
+        self._progress.stop()
+
+    def _line(self, operation: _Operation, label: str, text: str, style: str) -> None:
+        from rich.text import Text
+
+        self._console.print(
+            Text.assemble((_clean(operation.operation_id, 36), "bold"), "  ", (label, style), "  ", (text, "dim"))
+        )
+
+    @staticmethod
+    def _detail(data: dict[str, Any]) -> str:
+        parts = []
+        processed, total = data.get("documents_processed"), data.get("total_documents")
+        if processed is not None:
+            parts.append(
+                f"{_number(processed)}/{_number(total)} docs" if total is not None else f"{_number(processed)} docs"
+            )
+        if data.get("chunks_created") is not None:
+            parts.append(f"{_number(data['chunks_created'])} chunks")
+        rate = data.get("rate")
+        if isinstance(rate, int | float):
+            parts.append(f"{rate:.1f}/s")
+        eta = data.get("eta_seconds")
+        if isinstance(eta, int | float):
+            parts.append(f"ETA {_duration(eta)}")
+        for key in ("current_document", "message"):
+            if data.get(key):
+                parts.append(_clean(data[key], 40))
+        return " · ".join(parts)
+
+
+class Watcher:
+    """Follows operations in Redis until each reaches a final status or the deadline passes."""
+
+    def __init__(
+        self,
+        settings: ProgressSettings,
+        operation_ids: Sequence[str],
+        sink: _Sink,
+        *,
+        timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        keys = KeySpace(settings.key_prefix)
+        self._operations = [
+            _Operation(operation_id, keys.stream(operation_id), keys.live(operation_id))
+            for operation_id in operation_ids
+        ]
+        self._by_channel = {operation.live: operation for operation in self._operations}
+        self._settings = settings
+        self._sink = sink
+        self._clock = clock
+        self._deadline = None if timeout is None else clock() + timeout
+        self._run_id: str | None = None
+        self._failures = 0
+        self._client: redis.Redis = redis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),  # every failure reaches us, so a reconnect always resumes from the stream
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            client_name="celery-progress-ws-watch",
+        )
+
+    def run(self) -> int:
+        """Watch until done; return the exit status (see ``EPILOG``)."""
+        try:
+            while not self._finished() and not self._expired():
+                try:
+                    self._session()
+                except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+                    self._sink.warn(f"Redis refused the connection: {exc}")
+                    return EXIT_UNAVAILABLE
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                    delay = min(self._settings.reconnect_max_seconds, FIRST_RETRY_SECONDS * 2**self._failures)
+                    delay *= 0.5 + random.random() / 2
+                    self._failures += 1
+                    self._sink.warn(f"Redis connection lost ({exc or type(exc).__name__}); retrying in {delay:.1f} s")
+                    time.sleep(min(delay, self._remaining(delay)))
+                except redis.exceptions.ResponseError as exc:
+                    self._sink.warn(f"Redis refused a command: {exc}")
+                    return EXIT_UNAVAILABLE
+        finally:
+            self._client.close()
+        return self._exit_status()
+
+    def _session(self) -> None:
+        """One connection's life: subscribe, catch up from the streams, then follow the live channels."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+        try:
+            pending = self._subscribe(pubsub)
+            if pending is None:
+                return
+            run_id = self._server_run_id()
+            restarted = self._run_id is not None and run_id is not None and run_id != self._run_id
+            self._run_id = run_id
+            for operation in self._operations:
+                if operation.final is None:
+                    self._catch_up(operation, restarted)
+            for message in pending:
+                self._on_live(message)
+            self._failures = 0
+            self._follow(pubsub)
+        finally:
+            pubsub.close()
+
+    def _server_run_id(self) -> str | None:
+        """Redis' ``run_id``, which changes when it restarts; ``None`` where INFO is not permitted."""
+        try:
+            return str(self._client.info("server").get("run_id", "")) or None
+        except redis.exceptions.ResponseError:
+            return None
+
+    def _subscribe(self, pubsub: redis.client.PubSub) -> list[dict[str, Any]] | None:
+        """Subscribe to every live channel and wait until Redis confirms; return messages that arrived meanwhile."""
+        channels = [operation.live for operation in self._operations if operation.final is None]
+        pubsub.subscribe(*channels)
+        confirmed: set[str] = set()
+        pending: list[dict[str, Any]] = []
+        give_up = self._clock() + SUBSCRIBE_TIMEOUT_SECONDS
+        while len(confirmed) < len(channels):
+            if self._expired():
+                return None
+            if self._clock() > give_up:
+                raise redis.exceptions.TimeoutError("Redis did not confirm the subscription")
+            message = pubsub.get_message(timeout=self._remaining(POLL_SECONDS))
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                confirmed.add(message["channel"])
+            elif message["type"] == "message":
+                pending.append(message)
+        return pending
+
+    def _follow(self, pubsub: redis.client.PubSub) -> None:
+        """Deliver live announcements until every operation ended or the deadline passed."""
+        heard = self._clock()
+        ping_sent: float | None = None
+        while not self._finished() and not self._expired():
+            message = pubsub.get_message(timeout=self._remaining(POLL_SECONDS))
+            now = self._clock()
+            if message is not None:
+                heard, ping_sent = now, None
+                if message["type"] == "message":
+                    self._on_live(message)
+            elif ping_sent is not None and now - ping_sent > PING_TIMEOUT_SECONDS:
+                raise redis.exceptions.TimeoutError("Redis did not answer a ping")
+            elif ping_sent is None and now - heard > PING_INTERVAL_SECONDS:
+                pubsub.ping()
+                ping_sent = now
+
+    def _catch_up(self, operation: _Operation, restarted: bool) -> None:
+        """Deliver the stream's entries after the operation's last id, preceded by a gap notice if some were lost."""
+        reason = self._gap_reason(operation, restarted)
+        start = "-" if operation.last_id is None else "(" + operation.last_id
+        batch_size = self._settings.history_batch
+        first = True
+        while operation.final is None:
+            batch = self._xrange(operation.stream, start, "+", batch_size)
+            if first and reason is not None:
+                self._report_gap(operation, reason, batch[0][0] if batch else None)
+            first = False
+            for entry_id, fields in batch:
+                self._deliver(operation, entry_id, partial(decode_fields, fields))
+            if len(batch) < batch_size:
+                return
+            start = "(" + batch[-1][0]
+
+    def _gap_reason(self, operation: _Operation, restarted: bool) -> GapReason | None:
+        """Why entries after the operation's last id may be missing from its stream, or ``None`` if none are.
+
+        Trimming removes the oldest entries only: nothing is missing while the last id is at or after the first
+        entry; before it, entries were lost if the stream was ever trimmed (``entries-added`` exceeds its length).
+        """
+        after = operation.last_id
+        if not self._client.exists(operation.stream):
+            if after is None:
+                return None
+            return GapReason.REDIS_RESTARTED if restarted else GapReason.STREAM_MISSING
+        if restarted and after is not None and not self._xrange(operation.stream, after, after, 1):
+            return GapReason.REDIS_RESTARTED
+        info: dict[str, Any] = self._client.xinfo_stream(operation.stream)
+        position = parse_stream_id(after) if after is not None else (0, 0)
+        deleted = info.get("max-deleted-entry-id")
+        if deleted and parse_stream_id(deleted) > position:
+            return GapReason.TRIMMED
+        first = info.get("first-entry")
+        added = info.get("entries-added")
+        if first and parse_stream_id(_text(first[0])) > position and (added is None or added > info["length"]):
+            return GapReason.TRIMMED
+        return None
+
+    def _xrange(self, stream: str, start: str, end: str, count: int) -> list[tuple[str, dict[Any, Any]]]:
+        """XRANGE with ids as text and field maps never ``None``."""
+        entries = self._client.xrange(stream, start, end, count) or []
+        return [(_text(entry_id), fields or {}) for entry_id, fields in entries]
+
+    def _report_gap(self, operation: _Operation, reason: GapReason, resumes_at: str | None) -> None:
+        data = {"reason": str(reason), "after_id": operation.last_id, "resumes_at": resumes_at}
+        self._sink.gap(operation, {"type": HISTORY_GAP, "timestamp": utc_now_iso(), "data": data})
+
+    def _on_live(self, message: dict[str, Any]) -> None:
+        operation = self._by_channel.get(message["channel"])
+        if operation is None or operation.final is not None:
+            return
+        try:
+            entry_id, text = decode_live(message["data"])
+        except MalformedEntry as exc:
+            self._sink.warn(f"{operation.operation_id}: ignored a live announcement: {exc}")
+            return
+        self._deliver(operation, entry_id, partial(decode_entry, text))
+
+    def _deliver(self, operation: _Operation, entry_id: str, decode: Callable[[], dict[str, Any]]) -> None:
+        """Show one entry unless its id was already shown; note a final status."""
+        if operation.final is not None:
+            return
+        if operation.last_id is not None and parse_stream_id(entry_id) <= parse_stream_id(operation.last_id):
+            return
+        operation.last_id = entry_id
+        try:
+            entry = decode()
+        except MalformedEntry as exc:
+            self._sink.warn(f"{operation.operation_id}: skipped entry {entry_id}: {exc}")
+            return
+        self._sink.entry(operation, delivered(entry_id, entry))
+        operation.final = terminal_status(entry)
+
+    def _finished(self) -> bool:
+        return all(operation.final is not None for operation in self._operations)
+
+    def _expired(self) -> bool:
+        return self._deadline is not None and self._clock() >= self._deadline
+
+    def _remaining(self, cap: float) -> float:
+        return cap if self._deadline is None else max(0.0, min(cap, self._deadline - self._clock()))
+
+    def _exit_status(self) -> int:
+        finals = {operation.final for operation in self._operations}
+        if None in finals:
+            return EXIT_TIMEOUT
+        if TaskStatus.FAILED in finals:
+            return EXIT_FAILED
+        if TaskStatus.CANCELLED in finals:
+            return EXIT_CANCELLED
+        return EXIT_COMPLETED
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the watch command's arguments to ``parser``."""
+    parser.add_argument("operation_ids", nargs="+", metavar="OPERATION_ID", help="operation (task) ids to follow")
+    parser.add_argument("--redis-url", help="Redis holding the streams (default: CELERY_PROGRESS_WS_REDIS_URL)")
+    parser.add_argument("--key-prefix", help="key prefix used by the workers (default: CELERY_PROGRESS_WS_KEY_PREFIX)")
+    parser.add_argument(
+        "--json", dest="json_lines", action="store_true", help="print each entry as one JSON line instead of bars"
+    )
+    parser.add_argument(
+        "--timeout", type=_positive_seconds, metavar="SECONDS", help="give up (exit 3) after this many seconds"
+    )
+    return parser
+
+
+def add_watch_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``watch`` on a console script's sub-commands (argparse's ``_SubParsersAction``).
+
+    Its ``handler`` default is ``run_watch``. Usage errors exit with 64 rather than argparse's 2, which is the
+    ``cancelled`` status.
+    """
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "watch",
+        help="follow operations' progress straight from Redis",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    configure_parser(parser)
+    setattr(parser, "error", partial(_usage_error, parser))  # noqa: B010 - an instance override, not a typo
+    parser.set_defaults(handler=run_watch)
+    return parser
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    parser.print_usage(sys.stderr)
+    parser.exit(EXIT_USAGE, f"{parser.prog}: error: {message}\n")
+
+
+def run_watch(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run the watch command for parsed ``args``; return its exit status."""
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+
+    def fail(text: str, status: int = EXIT_USAGE) -> int:
+        err.write(f"{PROG}: {text}\n")
+        return status
+
+    try:
+        operation_ids = [validate_operation_id(value) for value in dict.fromkeys(args.operation_ids)]
+    except InvalidOperationId as exc:
+        return fail(str(exc))
+    overrides = {name: value for name in ("redis_url", "key_prefix") if (value := getattr(args, name)) is not None}
+    try:
+        settings = ProgressSettings(**overrides)
+    except ValidationError as exc:
+        return fail(f"invalid setting: {exc}")
+    sink: _Sink
+    if args.json_lines:
+        sink = _JsonSink(out, err)
+    else:
+        try:
+            sink = _RichSink(operation_ids, out)
+        except ImportError:
+            return fail(
+                "progress bars need rich: pip install 'celery-progress-ws[cli]' (or use --json)", EXIT_UNAVAILABLE
+            )
+    try:
+        watcher = Watcher(settings, operation_ids, sink, timeout=args.timeout)
+    except ValueError as exc:  # an unusable Redis URL
+        sink.close()
+        return fail(f"invalid Redis URL: {exc}")
+    try:
+        return watcher.run()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        sink.close()
+
+
+class _UsageParser(argparse.ArgumentParser):
+    """Exits with 64 on a usage error, so it is never mistaken for the ``cancelled`` status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _usage_error(self, message)
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """The watch command on its own: ``main(["OPERATION_ID", "--json"])``."""
+    parser = configure_parser(
+        _UsageParser(
+            prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+    )
+    return run_watch(parser.parse_args(argv), stdout=stdout, stderr=stderr)

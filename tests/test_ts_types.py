@@ -1,0 +1,48 @@
+"""The browser client's TypeScript declarations stay generated from the shared schemas."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from devtools.ts_types import TARGET, render
+
+
+def test_declarations_are_up_to_date() -> None:
+    """progress-client.d.ts equals what the generator renders (run `python -m devtools.ts_types` after a change)."""
+    assert TARGET.read_text() == render()
+
+
+def test_every_schema_model_is_declared() -> None:
+    """Each model and enum of wire_json_schema() appears as an exported TypeScript type."""
+    from celery_progress_ws import wire_json_schema
+
+    text = render()
+    for name in wire_json_schema()["$defs"]:
+        assert f"export interface {name} " in text or f"export type {name} = " in text
+
+
+def test_declarations_compile_when_tsc_is_installed(tmp_path: Path) -> None:
+    """With a local TypeScript compiler, the declarations and a typical usage type-check under --strict."""
+    tsc = shutil.which("tsc")
+    if tsc is None:
+        pytest.skip("tsc is not installed (optional; nothing is downloaded for this check)")
+    (tmp_path / "progress-client.d.ts").write_text(TARGET.read_text())
+    (tmp_path / "usage.ts").write_text(
+        'import { subscribe, type CloseInfo } from "./progress-client";\n'
+        "const subscription = subscribe('op', {\n"
+        "  onProgress: (data, message) => console.log(data.progress_percentage ?? 0, message.id),\n"
+        "  onStatus: (data) => console.log(data.status === 'failed' ? data.error_type : data.status),\n"
+        "  onClose: (info: CloseInfo) => console.log(info.reason, info.status),\n"
+        "});\n"
+        "subscription.close();\n"
+    )
+    options = ["--noEmit", "--strict", "--target", "es2022", "--lib", "es2022,dom", "--module", "esnext"]
+    subprocess.run(
+        [tsc, *options, "--moduleResolution", "bundler", str(tmp_path / "usage.ts")],
+        check=True,
+        cwd=tmp_path,
+    )

@@ -1,0 +1,270 @@
+"""The terminal client (`celery-progress-ws watch`) on a real Redis: history, live, dedupe, exit codes, restarts."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from celery_progress_ws import ProgressSettings
+from celery_progress_ws import _watch as watch_module
+from celery_progress_ws._codec import encode_entry, make_entry, ttl_for
+from celery_progress_ws._keys import KeySpace
+from celery_progress_ws._redis_write import APPEND_SCRIPT, operation_append
+from celery_progress_ws._watch import EXIT_USAGE, Watcher, _JsonSink, add_watch_parser, main, run_watch
+from devtools.servers import PrivateRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_WATCH = "import sys; from celery_progress_ws._watch import main; sys.exit(main(sys.argv[1:]))"
+
+Append = Callable[..., str]
+
+
+def appender(client: redis.Redis, settings: ProgressSettings) -> Append:
+    """A function that appends one entry with the shared Lua script, as the worker half does, and returns its id."""
+    script = client.register_script(APPEND_SCRIPT)
+    keys = KeySpace(settings.key_prefix)
+
+    def append(operation_id: str, entry_type: str, **data: Any) -> str:
+        message = encode_entry(make_entry(entry_type, data), settings.max_entry_bytes)
+        ttl = ttl_for(settings, entry_type, data)
+        call = operation_append(keys, operation_id, message, ttl=ttl, maxlen=settings.stream_maxlen)
+        return str(script(keys=call.keys, args=call.args))
+
+    return append
+
+
+@pytest.fixture
+def append(redis_client: redis.Redis, settings: ProgressSettings) -> Append:
+    return appender(redis_client, settings)
+
+
+def progress(append: Append, operation_id: str, done: int, total: int = 4) -> str:
+    return append(
+        operation_id,
+        "chunking_progress",
+        progress_percentage=done / total * 100,
+        documents_processed=done,
+        total_documents=total,
+        chunks_created=done * 3,
+        current_document=f"doc-{done}.pdf",
+    )
+
+
+def status(append: Append, operation_id: str, value: str) -> str:
+    return append(operation_id, "status_update", status=value)
+
+
+def watch_process(settings: ProgressSettings, *args: str) -> subprocess.Popen[str]:
+    """The watch command in its own process, printing JSON lines."""
+    command = [sys.executable, "-c", RUN_WATCH, *args, "--redis-url", settings.redis_url]
+    command += ["--key-prefix", settings.key_prefix, "--json"]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def watch_to_end(settings: ProgressSettings, *args: str) -> tuple[int, list[dict[str, Any]], str]:
+    """Run the watch command to its end; return exit status, the JSON lines and stderr."""
+    process = watch_process(settings, *args)
+    stdout, stderr = process.communicate(timeout=60)
+    return process.returncode, [json.loads(line) for line in stdout.splitlines()], stderr
+
+
+def read_lines(process: subprocess.Popen[str], count: int) -> list[dict[str, Any]]:
+    """Block until the process printed ``count`` more JSON lines."""
+    assert process.stdout is not None
+    return [json.loads(process.stdout.readline()) for _ in range(count)]
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, list[dict[str, Any]], str]:
+    stdout, stderr = process.communicate(timeout=60)
+    return process.returncode, [json.loads(line) for line in stdout.splitlines()], stderr
+
+
+@pytest.fixture
+def private_settings(private_redis: PrivateRedis) -> ProgressSettings:
+    return ProgressSettings(redis_url=private_redis.url, key_prefix="watch:")
+
+
+@pytest.fixture
+def private_client(private_redis: PrivateRedis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.mark.integration
+def test_history_then_live_each_entry_once_in_order(settings: ProgressSettings, append: Append) -> None:
+    """Entries written before and while the watcher runs are printed exactly once, in stream order, then exit 0."""
+    ids = [status(append, "op", "queued"), status(append, "op", "started"), progress(append, "op", 1)]
+    process = watch_process(settings, "op")
+    history = read_lines(process, 3)  # printed after the live subscription is confirmed
+    ids += [progress(append, "op", 2), append("op", "chunking_document_complete", document="doc-2.pdf")]
+    ids += [progress(append, "op", 4), status(append, "op", "completed")]
+    code, rest, stderr = finish(process)
+    lines = history + rest
+    assert code == 0, stderr
+    assert [line["id"] for line in lines] == ids
+    assert lines[3]["data"]["current_document"] == "doc-2.pdf"
+    assert {line["operation_id"] for line in lines} == {"op"}
+    assert (lines[-1]["type"], lines[-1]["data"]) == ("status_update", {"status": "completed"})
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("finals", "expected"),
+    [
+        (["completed"], 0),
+        (["failed"], 1),
+        (["cancelled"], 2),
+        (["completed", "failed", "cancelled"], 1),
+        (["completed", "cancelled"], 2),
+        (["completed", "completed"], 0),
+    ],
+)
+def test_exit_status_follows_the_final_statuses(
+    settings: ProgressSettings, append: Append, finals: list[str], expected: int
+) -> None:
+    """Exit 0 when every operation completed, 1 if any failed, else 2 if any was cancelled."""
+    operation_ids = [f"op-{index}" for index in range(len(finals))]
+    for operation_id, final in zip(operation_ids, finals, strict=True):
+        status(append, operation_id, "started")
+        status(append, operation_id, final)
+    code, lines, stderr = watch_to_end(settings, *operation_ids)
+    assert code == expected, stderr
+    for operation_id, final in zip(operation_ids, finals, strict=True):
+        statuses = [line["data"]["status"] for line in lines if line["operation_id"] == operation_id]
+        assert statuses == ["started", final]
+
+
+@pytest.mark.integration
+def test_timeout_exits_3_after_printing_what_there_was(settings: ProgressSettings, append: Append) -> None:
+    """An operation that does not end within --timeout gives exit 3, after its entries so far were printed."""
+    started = status(append, "slow", "started")
+    status(append, "done", "completed")
+    code, lines, stderr = watch_to_end(settings, "slow", "done", "--timeout", "0.5")
+    assert code == 3, stderr
+    assert started in [line["id"] for line in lines]
+
+
+@pytest.mark.integration
+def test_entry_written_during_history_read_is_printed_once(
+    settings: ProgressSettings, append: Append, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry written after the subscription but before the history read is in both, and is printed once."""
+    first = status(append, "op", "started")
+    written: list[str] = []
+    original = Watcher._catch_up
+
+    def catch_up_after_a_write(self: Watcher, operation: Any, restarted: bool) -> None:
+        if not written:
+            written.append(status(append, "op", "completed"))  # lands in the stream and on the live channel
+        original(self, operation, restarted)
+
+    monkeypatch.setattr(Watcher, "_catch_up", catch_up_after_a_write)
+    out, err = io.StringIO(), io.StringIO()
+    watcher = Watcher(settings, ["op"], _JsonSink(out, err), timeout=30)
+    assert watcher.run() == 0, err.getvalue()
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == [first, *written]
+
+
+@pytest.mark.integration
+def test_trimmed_history_is_announced_as_a_gap(settings: ProgressSettings, redis_client: redis.Redis) -> None:
+    """When the stream's max length dropped early entries, a history_gap line (reason trimmed) comes first."""
+    short = settings.model_copy(update={"stream_maxlen": 2})
+    append = appender(redis_client, short)
+    status(append, "op", "queued")
+    status(append, "op", "started")
+    kept = [progress(append, "op", 1), status(append, "op", "completed")]
+    code, lines, stderr = watch_to_end(settings, "op")
+    assert code == 0, stderr
+    assert lines[0]["type"] == "history_gap"
+    assert lines[0]["data"] == {"reason": "trimmed", "after_id": None, "resumes_at": kept[0]}
+    assert [line["id"] for line in lines[1:]] == kept
+
+
+@pytest.mark.integration
+def test_resumes_after_redis_restart_and_reports_the_gap(
+    private_redis: PrivateRedis, private_settings: ProgressSettings, private_client: redis.Redis
+) -> None:
+    """After Redis restarts (losing its data) the watcher reconnects, says so with a gap, and prints what follows."""
+    append = appender(private_client, private_settings)
+    before = [status(append, "op", "started"), progress(append, "op", 1)]
+    process = watch_process(private_settings, "op")
+    assert [line["id"] for line in read_lines(process, 2)] == before
+    private_redis.restart()
+    append = appender(private_client, private_settings)
+    after = [progress(append, "op", 3), status(append, "op", "completed")]
+    code, lines, stderr = finish(process)
+    assert code == 0, stderr
+    assert "connection lost" in stderr
+    assert lines[0]["type"] == "history_gap"
+    assert lines[0]["data"]["reason"] == "redis_restarted"
+    assert lines[0]["data"]["after_id"] == before[-1]
+    assert [line["id"] for line in lines[1:]] == after
+
+
+@pytest.mark.integration
+def test_progress_bars_show_the_final_state(settings: ProgressSettings, append: Append) -> None:
+    """Without --json the rich display ends showing each operation's percentage and final status."""
+    status(append, "op", "started")
+    progress(append, "op", 2)
+    append("op", "chunking_document_complete", document="doc-2.pdf")
+    status(append, "op", "failed")
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["op", "--redis-url", settings.redis_url, "--key-prefix", settings.key_prefix], stdout=out, stderr=err)
+    assert code == 1, err.getvalue()
+    text = out.getvalue()
+    assert "50.0%" in text
+    assert "failed" in text
+    assert "chunking_document_complete" in text
+
+
+@pytest.mark.parametrize("bad", ["has space", "glob*", "", "x" * 129])
+def test_invalid_operation_id_exits_64(bad: str) -> None:
+    """An operation id that cannot be a Redis key is refused with a clear message and exit 64, before any I/O."""
+    err = io.StringIO()
+    assert main([bad, "--json"], stdout=io.StringIO(), stderr=err) == EXIT_USAGE
+    assert "operation id" in err.getvalue()
+
+
+def test_usage_errors_exit_64_not_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A usage error exits 64, so a script never mistakes it for the `cancelled` status 2."""
+    with pytest.raises(SystemExit) as exited:
+        main(["op", "--timeout", "-1"])
+    assert exited.value.code == EXIT_USAGE
+    assert "--timeout" in capsys.readouterr().err
+
+
+def test_registered_subcommand_parses_and_keeps_exit_64_for_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """Registered on a plain argparse parent, `watch` maps to run_watch and still exits 64 on a usage error."""
+    parent = argparse.ArgumentParser(prog="celery-progress-ws")
+    add_watch_parser(parent.add_subparsers(required=True))
+    args = parent.parse_args(["watch", "a", "b", "--json", "--timeout", "2"])
+    assert (args.handler, args.operation_ids, args.json_lines, args.timeout) == (run_watch, ["a", "b"], True, 2.0)
+    assert args.handler(parent.parse_args(["watch", "bad*id"])) == EXIT_USAGE
+    with pytest.raises(SystemExit) as exited:
+        parent.parse_args(["watch"])
+    assert exited.value.code == EXIT_USAGE
+    assert "OPERATION_ID" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_idle_connection_is_pinged_and_answers(
+    settings: ProgressSettings, append: Append, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quiet pub/sub connection is pinged; Redis' answers keep it from being treated as dead."""
+    monkeypatch.setattr(watch_module, "PING_INTERVAL_SECONDS", 0.05)
+    monkeypatch.setattr(watch_module, "PING_TIMEOUT_SECONDS", 0.3)
+    status(append, "op", "started")
+    out, err = io.StringIO(), io.StringIO()
+    assert Watcher(settings, ["op"], _JsonSink(out, err), timeout=1.0).run() == 3
+    assert err.getvalue() == ""
+    assert len(out.getvalue().splitlines()) == 1
