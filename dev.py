@@ -61,12 +61,13 @@ def ensure_browser() -> None:
 
 
 def command_test(pytest_args: list[str]) -> None:
-    """Lint, type-check and run the whole test suite against a real Redis (embedded one if none answers)."""
+    """Lint, type-check, build the docs strictly and run every test against real servers (embedded Redis if needed)."""
     ensure_environment()
     ensure_browser()
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
     run(BIN / "mypy")
+    run(BIN / "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(VENV / "docs-site"))
     run(PYTHON, "-m", "pytest", *pytest_args)
 
 
