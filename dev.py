@@ -22,6 +22,9 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".installed-from"
 EXTRAS = "web,cli,hiredis,test,dev,docs"
+NODE_TOOLS = VENV / "node-tools"
+SYSTEM_PACKAGES = {"chromium": "chromium", "nodejs": "node", "npm": "npm"}
+"""Debian packages the tests use, each with the command that shows it is installed."""
 
 
 def run(*command: str | Path, env: dict[str, str] | None = None) -> None:
@@ -48,22 +51,26 @@ def ensure_environment() -> None:
     STAMP.write_text(wanted)
 
 
-def ensure_browser() -> None:
-    """Install Debian's Chromium for the end-to-end browser test when it is missing and we are allowed to."""
-    if shutil.which("chromium") or shutil.which("chromium-browser"):
-        return
-    if not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
-        print("note: chromium is missing and cannot be installed here; the browser test will be skipped", flush=True)
-        return
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run("apt-get", "update", "-qq", env=environment)
-    run("apt-get", "install", "-y", "-qq", "chromium", env=environment)
+def ensure_test_tools() -> None:
+    """Install what the browser and JavaScript tests need: Debian's chromium and Node.js, and TypeScript from npm.
+
+    Where that is not allowed (not root, no apt-get), those tests skip with a loud reason instead.
+    """
+    missing = [package for package, command in SYSTEM_PACKAGES.items() if not shutil.which(command)]
+    if missing and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run("apt-get", "update", "-qq", env=environment)
+        run("apt-get", "install", "-y", "-qq", *missing, env=environment)
+    elif missing:
+        print(f"note: {', '.join(missing)} missing and not installable here; their tests will be skipped", flush=True)
+    if shutil.which("npm") and not (NODE_TOOLS / "node_modules" / ".bin" / "tsc").exists():
+        run("npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", NODE_TOOLS, "typescript@5")
 
 
 def command_test(pytest_args: list[str]) -> None:
     """Lint, type-check, build the docs strictly and run every test against real servers (embedded Redis if needed)."""
     ensure_environment()
-    ensure_browser()
+    ensure_test_tools()
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
     run(BIN / "mypy")
