@@ -8,14 +8,12 @@ resumes after the last id it showed, reporting a ``history_gap`` when entries we
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import redis
 from pydantic import ValidationError
@@ -32,12 +30,12 @@ from ._codec import (
 )
 from ._errors import InvalidOperationId, MalformedEntry
 from ._keys import KeySpace, validate_operation_id
-from ._schemas import CHUNKING_PROGRESS, HISTORY_GAP, STATUS_UPDATE, GapReason, TaskStatus, utc_now_iso
+from ._schemas import HISTORY_GAP, GapReason, TaskStatus, utc_now_iso
 from ._settings import ProgressSettings
+from ._watch_output import PROG, JsonSink, RichSink, Sink, WatchedOperation
 
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.progress import Progress, TaskID
+    pass
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
@@ -54,7 +52,6 @@ SUBSCRIBE_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 0.5
 FIRST_RETRY_SECONDS = 0.1
 
-PROG = "celery-progress-ws watch"
 DESCRIPTION = "Follow operations straight from Redis: history first, then live, until each reaches a final status."
 EPILOG = """\
 exit status:
@@ -68,166 +65,8 @@ exit status:
 """
 
 
-@dataclass
-class _Operation:
-    """What the watcher knows about one operation."""
-
-    operation_id: str
-    stream: str
-    live: str
-    last_id: str | None = None
-    final: TaskStatus | None = None
-
-
-class _Sink(Protocol):
-    """Where the watcher sends what it reads."""
-
-    def entry(self, operation: _Operation, message: dict[str, Any]) -> None: ...
-
-    def gap(self, operation: _Operation, message: dict[str, Any]) -> None: ...
-
-    def warn(self, text: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class _JsonSink:
-    """One JSON line per delivered entry (and per ``history_gap``), tagged with ``operation_id``; warnings on stderr."""
-
-    def __init__(self, stdout: TextIO, stderr: TextIO) -> None:
-        self._stdout = stdout
-        self._stderr = stderr
-
-    def entry(self, operation: _Operation, message: dict[str, Any]) -> None:
-        self._stdout.write(json.dumps({"operation_id": operation.operation_id, **message}) + "\n")
-        self._stdout.flush()
-
-    def gap(self, operation: _Operation, message: dict[str, Any]) -> None:
-        self.entry(operation, message)
-
-    def warn(self, text: str) -> None:
-        self._stderr.write(f"{PROG}: {text}\n")
-        self._stderr.flush()
-
-    def close(self) -> None:
-        return None
-
-
-def _clean(value: object, limit: int = 80) -> str:
-    """A value as one printable line (task-supplied text must not drive the terminal), shortened to ``limit``."""
-    text = "".join(char if char.isprintable() else " " for char in str(value))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _number(value: object) -> str:
-    return f"{value:g}" if isinstance(value, int | float) else _clean(value, 16)
-
-
-def _duration(seconds: float) -> str:
-    whole = max(0, round(seconds))
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-_STATUS_STYLE = {
-    "queued": "dim",
-    "started": "cyan",
-    "retrying": "yellow",
-    "completed": "bold green",
-    "failed": "bold red",
-    "cancelled": "bold yellow",
-}
-
-
-class _RichSink:
-    """A live progress bar per operation (percentage, status, documents, chunks, rate, ETA, current document)."""
-
-    def __init__(self, operation_ids: Sequence[str], stdout: TextIO) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn
-
-        self._console: Console = Console(file=stdout, highlight=False)
-        self._progress: Progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(bar_width=30),
-            TextColumn("{task.fields[percent]}", justify="right"),
-            TextColumn("{task.fields[status]}"),
-            TextColumn("{task.fields[detail]}", markup=False),
-            console=self._console,
-            refresh_per_second=8,
-        )
-        self._tasks: dict[str, TaskID] = {
-            operation_id: self._progress.add_task(
-                _clean(operation_id, 36), total=None, percent="", status="[dim]waiting", detail=""
-            )
-            for operation_id in operation_ids
-        }
-        self._progress.start()
-
-    def entry(self, operation: _Operation, message: dict[str, Any]) -> None:
-        task = self._tasks[operation.operation_id]
-        data: dict[str, Any] = message["data"]
-        if message["type"] == CHUNKING_PROGRESS:
-            percentage = data.get("progress_percentage")
-            if isinstance(percentage, int | float):
-                self._progress.update(task, total=100, completed=percentage, percent=f"{percentage:5.1f}%")
-            self._progress.update(task, detail=self._detail(data))
-        elif message["type"] == STATUS_UPDATE:
-            status = _clean(data.get("status"), 20)
-            self._progress.update(task, status=f"[{_STATUS_STYLE.get(status, 'white')}]{status}")
-            if status == TaskStatus.COMPLETED:
-                self._progress.update(task, total=100, completed=100, percent="100.0%")
-            elif status == TaskStatus.FAILED:
-                error = ": ".join(_clean(data[key], 200) for key in ("error_type", "error_message") if data.get(key))
-                self._line(operation, "failed", error or _clean(data.get("message") or "", 200), "red")
-        else:
-            summary = _clean(json.dumps(data, default=str), 100) if data else ""
-            self._line(operation, _clean(message["type"], 40), summary, "cyan")
-
-    def gap(self, operation: _Operation, message: dict[str, Any]) -> None:
-        reason = message["data"]["reason"]
-        self._line(operation, "history gap", f"entries may be missing ({reason})", "yellow")
-
-    def warn(self, text: str) -> None:
-        from rich.text import Text
-
-        self._console.print(Text(_clean(text, 300), style="yellow"))
-
-    def close(self) -> None:
-        self._progress.stop()
-
-    def _line(self, operation: _Operation, label: str, text: str, style: str) -> None:
-        from rich.text import Text
-
-        self._console.print(
-            Text.assemble((_clean(operation.operation_id, 36), "bold"), "  ", (label, style), "  ", (text, "dim"))
-        )
-
-    @staticmethod
-    def _detail(data: dict[str, Any]) -> str:
-        parts = []
-        processed, total = data.get("documents_processed"), data.get("total_documents")
-        if processed is not None:
-            parts.append(
-                f"{_number(processed)}/{_number(total)} docs" if total is not None else f"{_number(processed)} docs"
-            )
-        if data.get("chunks_created") is not None:
-            parts.append(f"{_number(data['chunks_created'])} chunks")
-        rate = data.get("rate")
-        if isinstance(rate, int | float):
-            parts.append(f"{rate:.1f}/s")
-        eta = data.get("eta_seconds")
-        if isinstance(eta, int | float):
-            parts.append(f"ETA {_duration(eta)}")
-        for key in ("current_document", "message"):
-            if data.get(key):
-                parts.append(_clean(data[key], 40))
-        return " · ".join(parts)
 
 
 class Watcher:
@@ -237,14 +76,14 @@ class Watcher:
         self,
         settings: ProgressSettings,
         operation_ids: Sequence[str],
-        sink: _Sink,
+        sink: Sink,
         *,
         timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         keys = KeySpace(settings.key_prefix)
         self._operations = [
-            _Operation(operation_id, keys.stream(operation_id), keys.live(operation_id))
+            WatchedOperation(operation_id, keys.stream(operation_id), keys.live(operation_id))
             for operation_id in operation_ids
         ]
         self._by_channel = {operation.live: operation for operation in self._operations}
@@ -350,7 +189,7 @@ class Watcher:
                 pubsub.ping()
                 ping_sent = now
 
-    def _catch_up(self, operation: _Operation, restarted: bool) -> None:
+    def _catch_up(self, operation: WatchedOperation, restarted: bool) -> None:
         """Deliver the stream's entries after the operation's last id, preceded by a gap notice if some were lost."""
         reason = self._gap_reason(operation, restarted)
         start = "-" if operation.last_id is None else "(" + operation.last_id
@@ -367,7 +206,7 @@ class Watcher:
                 return
             start = "(" + batch[-1][0]
 
-    def _gap_reason(self, operation: _Operation, restarted: bool) -> GapReason | None:
+    def _gap_reason(self, operation: WatchedOperation, restarted: bool) -> GapReason | None:
         """Why entries after the operation's last id may be missing from its stream, or ``None`` if none are.
 
         Trimming removes the oldest entries only: nothing is missing while the last id is at or after the first
@@ -396,7 +235,7 @@ class Watcher:
         entries = self._client.xrange(stream, start, end, count) or []
         return [(_text(entry_id), fields or {}) for entry_id, fields in entries]
 
-    def _report_gap(self, operation: _Operation, reason: GapReason, resumes_at: str | None) -> None:
+    def _report_gap(self, operation: WatchedOperation, reason: GapReason, resumes_at: str | None) -> None:
         data = {"reason": str(reason), "after_id": operation.last_id, "resumes_at": resumes_at}
         self._sink.gap(operation, {"type": HISTORY_GAP, "timestamp": utc_now_iso(), "data": data})
 
@@ -411,7 +250,7 @@ class Watcher:
             return
         self._deliver(operation, entry_id, partial(decode_entry, text))
 
-    def _deliver(self, operation: _Operation, entry_id: str, decode: Callable[[], dict[str, Any]]) -> None:
+    def _deliver(self, operation: WatchedOperation, entry_id: str, decode: Callable[[], dict[str, Any]]) -> None:
         """Show one entry unless its id was already shown; note a final status."""
         if operation.final is not None:
             return
@@ -512,12 +351,12 @@ def run_watch(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr:
         settings = ProgressSettings(**overrides)
     except ValidationError as exc:
         return fail(f"invalid setting: {exc}")
-    sink: _Sink
+    sink: Sink
     if args.json_lines:
-        sink = _JsonSink(out, err)
+        sink = JsonSink(out, err)
     else:
         try:
-            sink = _RichSink(operation_ids, out)
+            sink = RichSink(operation_ids, out)
         except ImportError:
             return fail(
                 "progress bars need rich: pip install 'celery-progress-ws[cli]' (or use --json)", EXIT_UNAVAILABLE

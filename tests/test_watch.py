@@ -19,7 +19,7 @@ from celery_progress_ws import _watch as watch_module
 from celery_progress_ws._codec import encode_entry, make_entry, ttl_for
 from celery_progress_ws._keys import KeySpace
 from celery_progress_ws._redis_write import APPEND_SCRIPT, operation_append
-from celery_progress_ws._watch import EXIT_USAGE, Watcher, _JsonSink, add_watch_parser, main, run_watch
+from celery_progress_ws._watch import EXIT_USAGE, JsonSink, Watcher, add_watch_parser, main, run_watch
 from devtools.servers import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +170,7 @@ def test_entry_written_during_history_read_is_printed_once(
 
     monkeypatch.setattr(Watcher, "_catch_up", catch_up_after_a_write)
     out, err = io.StringIO(), io.StringIO()
-    watcher = Watcher(settings, ["op"], _JsonSink(out, err), timeout=30)
+    watcher = Watcher(settings, ["op"], JsonSink(out, err), timeout=30)
     assert watcher.run() == 0, err.getvalue()
     assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == [first, *written]
 
@@ -265,6 +265,6 @@ def test_idle_connection_is_pinged_and_answers(
     monkeypatch.setattr(watch_module, "PING_TIMEOUT_SECONDS", 0.3)
     status(append, "op", "started")
     out, err = io.StringIO(), io.StringIO()
-    assert Watcher(settings, ["op"], _JsonSink(out, err), timeout=1.0).run() == 3
+    assert Watcher(settings, ["op"], JsonSink(out, err), timeout=1.0).run() == 3
     assert err.getvalue() == ""
     assert len(out.getvalue().splitlines()) == 1
