@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.config_docs import TARGET, render
+from devtools import config_docs, schema_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -28,7 +28,12 @@ def settings_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, key_prefix: st
 
 def test_configuration_reference_is_up_to_date() -> None:
     """docs/configuration.md lists every ProgressSettings field as generated (run `python -m devtools.config_docs`)."""
-    assert TARGET.read_text() == render()
+    assert config_docs.TARGET.read_text() == config_docs.render()
+
+
+def test_wire_schema_page_is_up_to_date() -> None:
+    """docs/wire-schema.md holds the current JSON Schema of the wire format (run `python -m devtools.schema_docs`)."""
+    assert schema_docs.TARGET.read_text() == schema_docs.render()
 
 
 @pytest.mark.parametrize("path", [p for p in DOCUMENTS if python_blocks(p)], ids=lambda p: p.name)
