@@ -36,6 +36,7 @@ def test_wire_schema_page_is_up_to_date() -> None:
     assert schema_docs.TARGET.read_text() == schema_docs.render()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", [p for p in DOCUMENTS if python_blocks(p)], ids=lambda p: p.name)
 def test_python_examples_run(path: Path, settings_env: None) -> None:
     """Each document's Python examples run top to bottom in one namespace, as a reader would paste them."""
