@@ -6,7 +6,8 @@
   ``XREADGROUP ... COUNT 10 BLOCK 1000``, an ``XACK`` per entry, then ``sleep(0.1)``.
 - ``xread-per-op``: one task and one blocked ``XREAD`` (one Redis connection) per watched operation.
 - diagnostics, each the floor with one of ours' choices: ``floor-pubsub`` (live entries from one pub/sub
-  connection) and ``floor-queued`` (a queue and a sender task per socket).
+  connection) and ``floor-queued`` (a queue and a sender task per socket); ``ours-queued`` is ours with the direct
+  send turned off (every message queued and sent by the connection's sender task, as before that fast path).
 
 Usage (by the harness): ``python -m benchmarks._servers --kind floor --port 8123 --redis-url ... --prefix ...``
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import uuid
@@ -342,8 +344,8 @@ def main() -> None:
         if args.kind == "ours-queued":  # diagnostic: no direct sends, every message wakes the sender task
             from celery_progress_ws.web._session import Session
 
-            start_sender = Session.start_sender
-            Session.start_sender = lambda self, transport, direct=False: start_sender(self, transport, direct=False)  # type: ignore[method-assign]
+            queued = functools.partialmethod(Session.start_sender, direct=False)
+            Session.start_sender = queued  # type: ignore[method-assign,assignment]
         app = ours_app(args.redis_url, args.prefix, json.loads(args.settings))
     else:
         app = baseline_app(args.kind, args.redis_url, args.prefix)

@@ -1,6 +1,7 @@
 """Routes live entries to the subscribers of each topic and runs their catch-up (history, resume and repair).
 
-Each live entry is decoded and serialized once, then offered to every subscriber of its topic (one queue append each).
+Each live entry is decoded and serialized once, then offered to every subscriber of its topic: sent at once to an idle
+connection, else one queue append (see ``Outbox``).
 A subscriber's catch-up is one short task at a time: make sure the topic's live channel is subscribed (confirmed),
 read the stream after the subscriber's position, then release the live entries it buffered meanwhile.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from .._codec import decode_entry, parse_stream_id, terminal_status
@@ -22,6 +24,9 @@ from ._subscriber import CLOSE_COMPLETED, Subscriber
 logger = logging.getLogger(__name__)
 
 RETRY_FIRST_SECONDS = 0.05
+BEHIND_MS = 50
+"""A live entry older than this (by its id's time) means the reader is behind: connections then send from their
+queues, in batches, instead of the reader sending to each socket itself (cheapest per message when keeping up)."""
 CLOSE_INTERNAL_ERROR = (1011, "Internal server error")
 
 
@@ -83,6 +88,8 @@ class Hub:
             return
         item = self.decode(topic, entry_id, message)
         if item is not None:
+            if item.key is not None and time.time() * 1000 - item.key[0] > BEHIND_MS:
+                item.direct = False
             for subscriber in subscribers:
                 subscriber.offer_live(item)
 

@@ -14,7 +14,7 @@ from .._codec import StreamId
 class Outgoing:
     """One message for clients: the JSON text is built once and shared by every connection that receives it."""
 
-    __slots__ = ("_sse", "entry_id", "key", "terminal", "text", "type")
+    __slots__ = ("_sse", "direct", "entry_id", "key", "terminal", "text", "type")
 
     def __init__(self, entry_id: str | None, key: StreamId | None, entry_type: str, text: str, terminal: bool) -> None:
         self.entry_id = entry_id
@@ -22,6 +22,8 @@ class Outgoing:
         self.type = entry_type
         self.text = text
         self.terminal = terminal
+        self.direct = True
+        """Whether an idle connection may send it at once; ``False`` queues it for the sender (see ``Outbox``)."""
         self._sse: str | None = None
 
     @classmethod
@@ -69,7 +71,7 @@ class Outbox:
         "_items",
         "_on_closing",
         "_parked",
-        "_readable",
+        "_reader",
         "_writable",
         "aborted",
         "capacity",
@@ -80,9 +82,10 @@ class Outbox:
     def __init__(self, capacity: int, on_closing: Callable[[], None] | None = None) -> None:
         self.capacity = capacity
         self._items: deque[Outgoing] = deque()
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self._reader: asyncio.Future[None] | None = None
+        """What the sender awaits while it has nothing to do (one future, not an ``Event``: sockets are many)."""
+        self._writable: asyncio.Event | None = None
+        """Created by the first ``put`` that finds the queue full."""
         self._on_closing = on_closing
         self._direct: DirectSend | None = None
         self._idle = False
@@ -112,20 +115,23 @@ class Outbox:
         """Queue ``item`` (or send it directly) if there is room; ``False`` when full or closing."""
         if self.close_code is not None or len(self._items) >= self.capacity:
             return False
-        if self._idle and self._direct is not None:  # nothing queued or parked: nothing can be overtaken
+        if self._idle and self._direct is not None and item.direct:  # nothing queued or parked: none overtaken
             parked = self._direct(item)
             if parked is not None:
                 self._idle = False
                 self._parked = parked
-                self._readable.set()
+                self._wake_reader()
             return True
         self._items.append(item)
-        self._readable.set()
+        if self._reader is not None:
+            self._wake_reader()
         return True
 
     async def put(self, item: Outgoing) -> bool:
         """Queue ``item``, waiting for room; ``False`` if the connection ends first."""
         while not self.closing and len(self._items) >= self.capacity:
+            if self._writable is None:
+                self._writable = asyncio.Event()
             self._writable.clear()
             await self._writable.wait()
         return self.offer(item)
@@ -144,14 +150,17 @@ class Outbox:
                 break
             if self.close_code is not None:
                 return None
-            self._readable.clear()
+            reader = self._reader = asyncio.get_running_loop().create_future()
             self._idle = True
             try:
-                await self._readable.wait()
+                await reader
             finally:
                 self._idle = False
+                if self._reader is reader:
+                    self._reader = None
         item = self._items.popleft()
-        self._writable.set()
+        if self._writable is not None:
+            self._writable.set()
         return item
 
     def close(self, code: int, reason: str) -> None:
@@ -171,11 +180,19 @@ class Outbox:
         if began:
             self._closing_began()
         else:
-            self._readable.set()
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            if not reader.done():
+                reader.set_result(None)
 
     def _closing_began(self) -> None:
-        self._readable.set()
-        self._writable.set()
+        self._wake_reader()
+        if self._writable is not None:
+            self._writable.set()
         on_closing = self._on_closing
         if on_closing is not None:
             on_closing()

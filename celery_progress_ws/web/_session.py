@@ -54,7 +54,7 @@ class Session:
         """The framework object (a WebSocket) this session belongs to, found by identity."""
         self.subscriber = Subscriber(topic, capacity=capacity, last_event_id=last_event_id, on_closing=self._closing)
         self.sender: asyncio.Task[None] | None = None
-        self.finished = asyncio.Event()
+        self.finished = Flag()
         """Set when the sender has stopped (closed, aborted, or the peer left)."""
         self.released = False
         """Set once its registry slot is freed and its delivery stopped (the sender may still be finishing)."""
@@ -117,6 +117,32 @@ class Session:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+
+class Flag:
+    """``asyncio.Event``'s ``is_set`` / ``set`` / ``wait``, with the event (and its waiter deque) made only if waited
+    on: each of thousands of connections has one, and hardly any is ever awaited."""
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: asyncio.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        if self._event is None:
+            self._event = asyncio.Event()
+        await self._event.wait()
 
 
 def _run_eagerly(coroutine: Coroutine[Any, Any, None]) -> Awaitable[None] | None:

@@ -41,29 +41,33 @@ class Subscriber:
         self.catching_up = True
         self.rerun = False
         """Set when another catch-up round is needed (the live connection was lost meanwhile)."""
-        self._buffer: deque[Outgoing] = deque()
+        self._buffer: deque[Outgoing] | None = None
+        """Live entries that arrived during the catch-up (created on the first one)."""
         self._buffer_overflowed = False
         self._gap: tuple[GapReason, str | None] | None = None
 
     @property
     def closed(self) -> bool:
-        return self.outbox.closing
+        return self.outbox.close_code is not None
 
     # -- live path: called by the hub, never awaits ---------------------------------------------------------------
 
     def offer_live(self, item: Outgoing) -> None:
         """Deliver a live entry, or buffer it while catching up; close the connection if its outbox overflows."""
-        if self.closed:
+        if self.outbox.close_code is not None:
             return
-        if item.key is not None and self.catching_up:
+        if self.catching_up and item.key is not None:
             if self._buffer_overflowed:
                 return  # the next round reads it from the stream
-            if len(self._buffer) < self.outbox.capacity:
-                self._buffer.append(item)
+            buffer = self._buffer
+            if buffer is None:
+                buffer = self._buffer = deque()
+            if len(buffer) < self.outbox.capacity:
+                buffer.append(item)
             elif self.outbox.full:
                 self._too_slow()
             else:  # history is slow to read, not the client slow to take: drop the buffer, read it all again
-                self._buffer.clear()
+                self._buffer = None
                 self._buffer_overflowed = True
             return
         if self._admit(item):
@@ -98,7 +102,7 @@ class Subscriber:
         """Release the buffered live entries and go live; ``False`` when another round must read the history again."""
         while not self.closed:
             if self._buffer_overflowed or self.rerun:
-                self._buffer.clear()
+                self._buffer = None
                 self._buffer_overflowed = False
                 self.rerun = False
                 return False
@@ -110,6 +114,7 @@ class Subscriber:
                     break
             else:
                 self.catching_up = False  # no await since the buffer was found empty: nothing can slip in between
+                self._buffer = None
                 return True
         return True
 
