@@ -41,7 +41,7 @@ class ConnectionRegistry(Generic[H]):
     def __init__(self, *, max_per_user: int, max_total: int) -> None:
         self.max_per_user = max_per_user
         self.max_total = max_total
-        self._handles: dict[ConnectionKey, list[H]] = {}
+        self._handles: dict[ConnectionKey, dict[int, H]] = {}  # by id(handle): O(1) removal, insertion order kept
         self._per_user: Counter[str] = Counter()
         self._total = 0
 
@@ -50,7 +50,7 @@ class ConnectionRegistry(Generic[H]):
 
     def __iter__(self) -> Iterator[tuple[ConnectionKey, H]]:
         """A snapshot of every ``(key, handle)``."""
-        return iter([(key, handle) for key, handles in self._handles.items() for handle in handles])
+        return iter([(key, handle) for key, handles in self._handles.items() for handle in handles.values()])
 
     def count(self, user_id: str) -> int:
         return self._per_user[user_id]
@@ -61,16 +61,16 @@ class ConnectionRegistry(Generic[H]):
             raise ServerLimitExceeded()
         if self._per_user[key.user_id] >= self.max_per_user:
             raise UserLimitExceeded()
-        self._handles.setdefault(key, []).append(handle)
+        self._handles.setdefault(key, {})[id(handle)] = handle
         self._per_user[key.user_id] += 1
         self._total += 1
 
     def remove(self, key: ConnectionKey, handle: H) -> bool:
         """Unregister ``handle``; ``False`` if it was not registered under ``key``."""
         handles = self._handles.get(key)
-        if handles is None or not any(item is handle for item in handles):
+        if handles is None or handles.get(id(handle)) is not handle:
             return False
-        handles[:] = [item for item in handles if item is not handle]
+        del handles[id(handle)]
         if not handles:
             del self._handles[key]
         self._per_user[key.user_id] -= 1
