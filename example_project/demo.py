@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from celery_progress_ws._watch import EXIT_INTERRUPTED
 from celery_progress_ws._watch import main as watch_main
 from devtools.servers import PrivateRedis, free_port, resolve_redis
 
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo.start()
         code = demo.run_sample(args.documents)
+        if code == EXIT_INTERRUPTED:  # Ctrl-C while the sample was shown: stop everything now
+            print("\nstopping…")
+            return 0
         if args.once:
             print("sample task completed" if code == 0 else f"sample task did not complete (exit {code})")
             return code
