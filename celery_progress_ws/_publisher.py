@@ -138,7 +138,7 @@ class ProgressPublisher:
         lock.acquire()
         try:
             decision = self._throttle.offer(
-                operation_id, (current, total, message, fields, now), force=force or current == total, now=now
+                operation_id, (current, total, message, fields, now), force or current == total, now
             )
             if decision is _KEPT:
                 return _THROTTLED

@@ -44,7 +44,7 @@ class Throttle(Generic[T]):
         self.clock = clock
         self._slots: dict[str, _Slot[T]] = {}
 
-    def offer(self, key: str, value: T, *, force: bool = False, now: float | None = None) -> Decision:
+    def offer(self, key: str, value: T, force: bool = False, now: float | None = None) -> Decision:
         """Decide about ``value``; ``force`` (or the key's first value) always publishes and clears the pending one.
 
         ``now`` is a clock reading the caller already took (saves a second one on hot paths).
