@@ -109,6 +109,19 @@ class PrivateRedis:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
+def forget_celery_queue(url: str, queue: str) -> None:
+    """Delete the broker keys kombu's Redis transport keeps for ``queue`` (best effort: Redis may be gone already)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+    except redis.exceptions.RedisError:
+        pass
+    finally:
+        client.close()
+
+
 def resolve_redis(env_var: str = "CELERY_PROGRESS_WS_REDIS_URL") -> tuple[str, PrivateRedis | None]:
     """The Redis to use: ``$env_var`` or localhost:6379 if one answers, else a started private server.
 

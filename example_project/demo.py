@@ -18,7 +18,7 @@ from pathlib import Path
 
 from celery_progress_ws._watch import EXIT_INTERRUPTED
 from celery_progress_ws._watch import main as watch_main
-from devtools.servers import PrivateRedis, free_port, resolve_redis
+from devtools.servers import PrivateRedis, forget_celery_queue, free_port, resolve_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".demo-logs"
@@ -134,6 +134,8 @@ class Demo:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.processes.clear()
+        if "DEMO_QUEUE" in self.env:
+            forget_celery_queue(self.env["CELERY_PROGRESS_WS_REDIS_URL"], self.env["DEMO_QUEUE"])
         if self.redis is not None:
             self.redis.stop()
             self.redis = None

@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from devtools.servers import free_port
+from devtools.servers import forget_celery_queue, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -59,6 +59,7 @@ class ExampleStack:
     def stop(self) -> None:
         self._stop(self.web)
         self._stop(self.worker)
+        forget_celery_queue(self.env["CELERY_PROGRESS_WS_REDIS_URL"], self.env["DEMO_QUEUE"])
 
     def _answers(self) -> bool:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
