@@ -123,6 +123,8 @@ class Outbox:
                 self._wake_reader()
             return True
         self._items.append(item)
+        # Not idle from now on, although the sender only resumes later: a direct send must not overtake this item.
+        self._idle = False
         if self._reader is not None:
             self._wake_reader()
         return True

@@ -112,3 +112,19 @@ async def test_an_item_marked_not_direct_is_queued_for_the_sender() -> None:
     assert len(session.outbox) == 1
     await asyncio.sleep(0.01)
     assert transport.sent == [late.text]
+
+
+async def test_a_queued_message_is_never_overtaken_by_a_later_direct_one() -> None:
+    """A message that must queue (e.g. a late entry) wakes the idle sender; a direct-eligible message offered before
+    the sender runs queues behind it instead of being sent first."""
+    transport = PausableTransport()
+    session = await started(transport)
+    late = entry(1)
+    late.direct = False
+    session.subscriber.offer_live(late)
+    session.subscriber.offer_live(entry(2))
+    session.subscriber.offer_live(entry(3, terminal=True))
+    assert transport.sent == []  # nothing went ahead of the queued message
+    assert session.sender is not None
+    await asyncio.wait_for(session.sender, 1)
+    assert transport.sent == [entry(1).text, entry(2).text, entry(3).text]
