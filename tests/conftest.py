@@ -10,11 +10,17 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
-from worker_tasks import close_app, create_app
+from worker_tasks import create_app, threads_worker
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, set_default_publisher
 from devtools.servers import PrivateRedis, resolve_redis
+
+
+def delete_keys_under(client: redis.Redis, prefix: str) -> None:
+    """Delete every key that starts with ``prefix`` (only what a test wrote: prefixes are unique per test)."""
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +49,7 @@ def key_prefix(redis_client: redis.Redis) -> Iterator[str]:
     """A key prefix unique to this test; every key under it is deleted afterwards."""
     prefix = f"cpws-test:{uuid.uuid4().hex[:12]}:"
     yield prefix
-    keys = list(redis_client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
+    delete_keys_under(redis_client, prefix)
 
 
 @pytest.fixture
@@ -69,13 +73,8 @@ def broker_namespace(redis_url: str) -> Iterator[str]:
     """A name unique to this session for Celery queues, exchanges and broker/result keys; its keys are deleted after."""
     namespace = f"cpws-test-{uuid.uuid4().hex[:12]}"
     yield namespace
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=namespace + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    with redis.Redis.from_url(redis_url) as client:
+        delete_keys_under(client, namespace)
 
 
 class _Records(logging.Handler):
@@ -126,21 +125,13 @@ def module_settings(redis_url: str) -> Iterator[ProgressSettings]:
     """Settings for one test module's worker, under a key prefix whose keys are deleted after the module."""
     prefix = f"cpws-test:{uuid.uuid4().hex[:12]}:"
     yield ProgressSettings(redis_url=redis_url, key_prefix=prefix, throttle_seconds=0.2, retry_interval_seconds=0.2)
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    with redis.Redis.from_url(redis_url) as client:
+        delete_keys_under(client, prefix)
 
 
 @pytest.fixture(scope="module")
 def progress_worker(redis_url: str, broker_namespace: str, module_settings: ProgressSettings) -> Iterator[Celery]:
     """An app with ProgressBootstep and the tasks of tests/worker_tasks.py, served by an in-process threads worker."""
     app = create_app(redis_url, broker_namespace, f"{broker_namespace}-{uuid.uuid4().hex[:6]}", module_settings)
-    try:
-        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=20):
-            yield app
-    finally:
-        close_app(app)
+    with threads_worker(app):
+        yield app

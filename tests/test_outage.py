@@ -13,7 +13,7 @@ import redis
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from streams import ended, kinds, progress_values, statuses, wait_for
-from worker_tasks import GATES, close_app, create_app
+from worker_tasks import GATES, close_app, create_app, threads_worker
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult
 from devtools.servers import PrivateRedis
@@ -103,11 +103,8 @@ def test_a_full_buffer_drops_progress_first_and_terminal_statuses_last(
 def outage_worker(redis_url: str, broker_namespace: str, outage_settings: ProgressSettings) -> Iterator[Celery]:
     """An in-process worker whose broker is the shared Redis and whose progress goes to the private server."""
     app = create_app(redis_url, broker_namespace, f"{broker_namespace}-{uuid.uuid4().hex[:6]}", outage_settings)
-    try:
-        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=20):
-            yield app
-    finally:
-        close_app(app)
+    with threads_worker(app):
+        yield app
 
 
 def test_task_survives_an_outage_mid_task_and_its_terminal_status_lands_later(

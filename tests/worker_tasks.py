@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import redis
 from celery import Celery, Task
 from celery.backends.redis import RedisBackend
+from celery.contrib.testing.worker import start_worker
 
 from celery_progress_ws import ProgressBootstep, ProgressSettings, report_progress, send_event
 
@@ -52,6 +54,16 @@ def close_app(app: Celery) -> None:
         backend.result_consumer.stop()
         backend.client.connection_pool.disconnect()
     app.close()
+
+
+@contextmanager
+def threads_worker(app: Celery) -> Iterator[Celery]:
+    """Serve ``app`` with an in-process threads worker (concurrency 2), then close the app."""
+    try:
+        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=20):
+            yield app
+    finally:
+        close_app(app)
 
 
 def _register_tasks(app: Celery) -> None:
