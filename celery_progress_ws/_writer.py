@@ -20,14 +20,13 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ._buffer import EntryBuffer, Rank
-from ._redis_write import APPEND_SCRIPT, AppendCall
+from ._redis_write import Append, AppendCall, ConnectionAppend, ScriptAppend
 from ._schemas import CHUNKING_PROGRESS, STATUS_UPDATE, TERMINAL_STATUSES
 from ._settings import ProgressSettings
 
@@ -79,9 +78,8 @@ class StreamWriter:
         self._lock = lock
         self._on_backlog = on_backlog
         self._io_lock = threading.Lock()
-        self._client: redis.Redis | None = None
-        self._script: Script | None = None
-        self._client_pid = 0
+        self._connected: tuple[redis.Redis, Append] | None = None
+        self._connected_pid = 0
 
     def enqueue(self, call: AppendCall, rank: Rank) -> PublishResult | None:
         """Buffer ``call`` (lock held); ``None`` means: call ``write_now()`` after releasing the lock."""
@@ -114,7 +112,8 @@ class StreamWriter:
                     break
                 call, rank = taken
                 try:
-                    self._append_script()(keys=call.keys, args=call.args)
+                    append = self._connect()[1]
+                    append(call)
                 except (RedisConnectionError, RedisTimeoutError) as exc:
                     with self._lock:
                         self.buffer.put_back(call, rank)
@@ -132,7 +131,8 @@ class StreamWriter:
         """Ping Redis once; on failure log the outage warning (once) and return ``False``. Never raises."""
         with self._io_lock:
             try:
-                self._append_script().registered_client.ping()
+                client = self._connect()[0]
+                client.ping()
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 self._went_down(exc)
                 return False
@@ -145,28 +145,33 @@ class StreamWriter:
     def close(self) -> None:
         """Close the connection this writer opened (a later write reopens one); a given client is left open."""
         with self._io_lock:
-            if self._client is not None and self._given_client is None:
-                self._client.close()
-            self._client = self._script = None
+            if self._connected is not None and self._given_client is None:
+                self._connected[0].close()
+            self._connected = None
 
-    def _append_script(self) -> Script:
-        """The append script bound to this process's client, created on first use (``_io_lock`` held; may raise).
+    def _connect(self) -> tuple[redis.Redis, Append]:
+        """This process's client and append runner, created on first use (``_io_lock`` held; may raise).
 
-        Our own client holds a single connection: writes are serialised by ``_io_lock`` anyway, and skipping the
-        pool's checkout and check-in on every write is a measurable part of a round trip.
+        Our own client holds a single connection that the runner drives directly: writes are serialised by
+        ``_io_lock`` anyway, and skipping the pool and redis-py's command layers is a measurable part of a round trip.
         """
         pid = os.getpid()
-        if self._script is None or self._client_pid != pid:
-            self._client = self._given_client or redis.Redis.from_url(
-                self.settings.redis_url,
-                socket_timeout=self.settings.socket_timeout_seconds,
-                socket_connect_timeout=self.settings.socket_timeout_seconds,
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                single_connection_client=True,
-            )
-            self._script = self._client.register_script(APPEND_SCRIPT)
-            self._client_pid = pid
-        return self._script
+        if self._connected is None or self._connected_pid != pid:
+            if self._given_client is not None:
+                self._connected = (self._given_client, ScriptAppend(self._given_client))
+            else:
+                client = redis.Redis.from_url(
+                    self.settings.redis_url,
+                    socket_timeout=self.settings.socket_timeout_seconds,
+                    socket_connect_timeout=self.settings.socket_timeout_seconds,
+                    retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                    single_connection_client=True,
+                )
+                if client.connection is None:
+                    raise RuntimeError("redis-py did not create the single connection it was asked for")
+                self._connected = (client, ConnectionAppend(client.connection))
+            self._connected_pid = pid
+        return self._connected
 
     def _went_down(self, exc: RedisError) -> None:
         with self._lock:
