@@ -1,8 +1,9 @@
 """The synchronous publisher of worker processes: throttled progress, entries in order, never an exception for Redis.
 
-Threads: every public method may be called from any thread. ``_lock`` guards the throttle, the rate state and the
-writer's buffer, and is never held during network I/O; decisions and enqueueing happen under it together, so the
-writer (see ``_writer``) delivers each operation's entries in the order they were decided.
+Threads: every public method may be called from any thread. ``_lock`` guards the throttle (all but its lock-free
+``keep``, which lets a dropped report skip the lock), the rate state and the writer's buffer, and is never held
+during network I/O; decisions and enqueueing happen under it together, so the writer (see ``_writer``) delivers each
+operation's entries in the order they were decided.
 
 Processes: a forked child starts clean (new locks, empty buffer, no thread, no connection; see ``os.register_at_fork``),
 so a connection opened by this publisher is never used by two processes.
@@ -123,8 +124,9 @@ class ProgressPublisher:
     ) -> PublishResult:
         """Report progress, throttled per operation; see ``report_progress`` for the rules and the computed fields.
 
-        A value the throttle holds back costs two number checks, a clock read, a lock and a tuple: no I/O, no JSON, no
-        validation model. Extra ``fields`` named like computed ones raise ``TypeError`` when the report is published.
+        A value the throttle holds back while an earlier one waits costs two number checks, a clock read and a tuple:
+        no lock, no I/O, no JSON, no validation model. Extra ``fields`` named like computed ones raise ``TypeError``
+        when the report is published.
         """
         # Inline checks for the common int/float cases; check_count handles (or refuses) everything else.
         if not ((current.__class__ is int and current >= 0) or (current.__class__ is float and 0 <= current < _INF)):
@@ -134,12 +136,14 @@ class ProgressPublisher:
         ):
             total = check_count(total, "total")
         now = _monotonic()
+        raw = (current, total, message, fields, now)
+        publish_now = force or current == total
+        if not publish_now and self._throttle.keep(operation_id, raw, now):
+            return _THROTTLED
         lock = self._lock
         lock.acquire()
         try:
-            decision = self._throttle.offer(
-                operation_id, (current, total, message, fields, now), force or current == total, now
-            )
+            decision = self._throttle.offer(operation_id, raw, publish_now, now)
             if decision is _KEPT:
                 return _THROTTLED
             if decision is _SCHEDULE:
@@ -149,7 +153,7 @@ class ProgressPublisher:
             try:
                 if fields and not COMPUTED_FIELDS.isdisjoint(fields):
                     check_fields(fields)
-                call = self._progress_call(operation_id, (current, total, message, fields, now))
+                call = self._progress_call(operation_id, raw)
             except (InvalidOperationId, TypeError):
                 self._throttle.forget(operation_id)
                 raise

@@ -1,6 +1,10 @@
 """A per-key throttle that never loses the latest value: dropped values wait as a trailing publish.
 
-Transport-agnostic and not thread-safe: the sync publisher guards it with a lock, the async one runs it on the loop.
+Transport-agnostic and not thread-safe, except ``keep``: the sync publisher guards everything else with a lock, the
+async one runs it on the loop. ``keep`` is the hot path of a dropped report and runs without the lock; under the GIL
+it only ever replaces a pending value with another, in one attribute store. Should that store land just after the
+owner took the pending value away, the slot would hold a value no wake-up was planned for; so every take plans one
+more look at its key when the new interval ends (``next_due``/``take_due``), and the value is published then.
 """
 
 from __future__ import annotations
@@ -29,11 +33,21 @@ _PUBLISH, _SCHEDULE, _KEPT = Decision.PUBLISH, Decision.SCHEDULE, Decision.KEPT
 
 
 class _Slot(Generic[T]):
-    __slots__ = ("last_sent", "pending")
+    __slots__ = ("last_sent", "pending", "recheck")
 
     def __init__(self, last_sent: float) -> None:
         self.last_sent = last_sent
         self.pending: T | None = None
+        self.recheck = False
+        """A pending value was taken: look again when this interval ends (see the module docstring)."""
+
+    def take(self, now: float) -> T | None:
+        """Remove the pending value and count a publish at ``now``."""
+        value, self.pending = self.pending, None
+        self.last_sent = now
+        if value is not None:
+            self.recheck = True
+        return value
 
 
 class Throttle(Generic[T]):
@@ -56,12 +70,23 @@ class Throttle(Generic[T]):
             self._slots[key] = _Slot(now)
             return _PUBLISH
         if force or now - slot.last_sent >= self.interval:
-            slot.last_sent = now
-            slot.pending = None
+            slot.take(now)
             return _PUBLISH
         first = slot.pending is None
         slot.pending = value
         return _SCHEDULE if first else _KEPT
+
+    def keep(self, key: str, value: T, now: float) -> bool:
+        """Replace the pending value of ``key`` if it has one and its interval still runs at ``now``; else ``False``.
+
+        ``True`` means the value is scheduled and the caller has nothing else to do. The one method that is safe to
+        call without the owner's lock (see the module docstring).
+        """
+        slot = self._slots.get(key)
+        if slot is None or slot.pending is None or now - slot.last_sent >= self.interval:
+            return False
+        slot.pending = value
+        return True
 
     def due_at(self, key: str) -> float | None:
         """When the pending value of ``key`` should be published (clock time), or ``None`` if there is none."""
@@ -75,28 +100,26 @@ class Throttle(Generic[T]):
         slot = self._slots.get(key)
         if slot is None or slot.pending is None:
             return None
-        value, slot.pending = slot.pending, None
-        slot.last_sent = self.clock()
-        return value
+        return slot.take(self.clock())
 
     def take_due(self) -> list[tuple[str, T]]:
-        """Remove and return every pending value whose interval has ended."""
+        """Remove and return every pending value whose interval has ended; end the rechecks that are due."""
         now = self.clock()
-        ready = [
-            key
-            for key, slot in self._slots.items()
-            if slot.pending is not None and now - slot.last_sent >= self.interval
-        ]
         taken: list[tuple[str, T]] = []
-        for key in ready:
-            value = self.take_pending(key)
+        for key, slot in self._slots.items():
+            if (slot.pending is None and not slot.recheck) or now - slot.last_sent < self.interval:
+                continue
+            slot.recheck = False
+            value = slot.take(now) if slot.pending is not None else None
             if value is not None:
                 taken.append((key, value))
         return taken
 
     def next_due(self) -> float | None:
-        """The earliest clock time at which some pending value becomes due, or ``None``."""
-        times = [slot.last_sent + self.interval for slot in self._slots.values() if slot.pending is not None]
+        """The earliest clock time at which ``take_due`` has something to do (a pending value or a recheck)."""
+        times = [
+            slot.last_sent + self.interval for slot in self._slots.values() if slot.pending is not None or slot.recheck
+        ]
         return min(times, default=None)
 
     def forget(self, key: str) -> T | None:

@@ -39,8 +39,56 @@ def test_take_due_returns_the_newest_value_once_the_interval_is_over() -> None:
     clock.now += 0.5
     assert throttle.take_due() == [("k", 3)]
     assert throttle.due_at("k") is None
-    assert throttle.next_due() is None
     assert throttle.offer("k", 4) is Decision.SCHEDULE  # the take counted as a publish
+
+
+def test_keep_replaces_only_a_value_that_is_already_scheduled() -> None:
+    """keep() never decides anything new: no slot, nothing pending, or an elapsed interval all say False."""
+    clock = Clock()
+    throttle: Throttle[int] = Throttle(1.0, clock)
+    assert not throttle.keep("k", 1, clock.now)  # unknown key: the first value must be published
+    assert throttle.offer("k", 1) is Decision.PUBLISH
+    assert not throttle.keep("k", 2, clock.now)  # nothing pending: the owner must schedule it
+    assert throttle.offer("k", 2) is Decision.SCHEDULE
+    assert throttle.keep("k", 3, clock.now + 0.5)
+    assert not throttle.keep("k", 4, clock.now + 1.0)  # the interval is over: the value may be published now
+    clock.now += 1.0
+    assert throttle.take_due() == [("k", 3)]
+
+
+def test_every_take_plans_one_more_look_when_the_new_interval_ends() -> None:
+    """A value stored by a lock-free keep() just after a take is still published, one interval later."""
+    clock = Clock()
+    throttle: Throttle[int] = Throttle(1.0, clock)
+    throttle.offer("k", 1)
+    throttle.offer("k", 2)
+    clock.now += 1.0
+    assert throttle.take_due() == [("k", 2)]
+    assert throttle.next_due() == clock.now + 1.0  # the recheck
+    throttle._slots["k"].pending = 3  # what a keep() that checked before the take and stored after it leaves behind
+    clock.now += 1.0
+    assert throttle.take_due() == [("k", 3)]
+    clock.now += 1.0
+    assert throttle.take_due() == []  # nothing arrived: the recheck ends and no further look is planned
+    assert throttle.next_due() is None
+
+
+def test_rechecks_follow_every_kind_of_take() -> None:
+    """take_pending() and a publish that discards a pending value plan a recheck; one with nothing pending does not."""
+    clock = Clock()
+    throttle: Throttle[int] = Throttle(1.0, clock)
+    throttle.offer("a", 1)
+    throttle.offer("a", 2)
+    assert throttle.take_pending("a") == 2
+    assert throttle.next_due() == clock.now + 1.0
+    throttle.offer("b", 1)
+    throttle.offer("b", 2)
+    assert throttle.offer("b", 3, force=True) is Decision.PUBLISH
+    throttle.offer("c", 1)
+    clock.now += 1.0
+    assert throttle.offer("c", 2) is Decision.PUBLISH  # nothing was pending: no recheck for c
+    assert throttle.take_due() == []
+    assert throttle.next_due() is None
 
 
 def test_force_and_elapsed_interval_publish_and_clear_the_pending_value() -> None:
