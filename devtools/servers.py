@@ -110,12 +110,19 @@ class PrivateRedis:
 
 
 def forget_celery_queue(url: str, queue: str) -> None:
-    """Delete the broker keys kombu's Redis transport keeps for ``queue`` (best effort: Redis may be gone already)."""
+    """Delete the broker keys kombu's Redis transport keeps for ``queue`` and for the control and event exchanges the
+    example app names after it (best effort: Redis may be gone already). Other apps' entries are left alone."""
     import redis
 
+    exchanges = [queue, f"{queue}.pidbox", f"reply.{queue}.pidbox", f"{queue}.ev"]
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
-        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        client.delete(
+            queue,
+            *(f"_kombu.binding.{name}" for name in exchanges),
+            *(f"_kombu.binding_permanent.{name}" for name in exchanges),
+        )
+        client.zrem("_kombu.binding_deadlines", *exchanges)  # Redis deletes the key once it is empty
     except redis.exceptions.RedisError:
         pass
     finally:

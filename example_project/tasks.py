@@ -14,8 +14,12 @@ def create_celery_app() -> Celery:
     """The Celery app, with Redis (from ``CELERY_PROGRESS_WS_REDIS_URL``) as its broker."""
     settings = ProgressSettings()
     celery_app = Celery("example_project", broker=os.environ.get("DEMO_BROKER_URL", settings.redis_url))
+    queue = os.environ.get("DEMO_QUEUE", "celery-progress-ws-demo")
     celery_app.conf.update(
-        task_default_queue=os.environ.get("DEMO_QUEUE", "celery-progress-ws-demo"),
+        task_default_queue=queue,
+        # Own control and event exchanges: on a shared Redis the demo worker then ignores other apps' broadcasts.
+        control_exchange=queue,
+        event_exchange=f"{queue}.ev",
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,

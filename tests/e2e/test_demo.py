@@ -9,16 +9,20 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def test_demo_once_completes_a_task_and_stops_everything(redis_url: str, key_prefix: str) -> None:
+def test_demo_once_completes_a_task_and_stops_everything(
+    redis_url: str, key_prefix: str, redis_client: redis.Redis
+) -> None:
     """`demo --once` starts a worker and the web app, shows a sample task to completion, exits 0, and every process
-    it started is gone afterwards."""
+    it started is gone afterwards, and so are the broker keys it made in the shared Redis."""
     env = {**os.environ, "CELERY_PROGRESS_WS_REDIS_URL": redis_url, "CELERY_PROGRESS_WS_KEY_PREFIX": key_prefix}
+    deadlines_before = set(redis_client.zrange("_kombu.binding_deadlines", 0, -1))  # kombu's key, shared by all apps
     children: set[int] = set()
     output_lines: list[str] = []
     with subprocess.Popen(
@@ -44,3 +48,6 @@ def test_demo_once_completes_a_task_and_stops_everything(redis_url: str, key_pre
     assert "sample task completed" in output
     assert children, "the demo started no processes"
     assert not [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    queue = f"celery-progress-ws-demo-{demo.pid}"  # the demo names its queue and exchanges after its pid
+    assert list(redis_client.scan_iter(match=f"*{queue}*")) == []
+    assert set(redis_client.zrange("_kombu.binding_deadlines", 0, -1)) <= deadlines_before
