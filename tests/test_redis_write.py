@@ -26,12 +26,22 @@ def own_connection(redis_url: str) -> Iterator[redis.Redis]:
         client.close()
 
 
+def direct_append(client: redis.Redis) -> ConnectionAppend:
+    """The append runner on ``client``'s single connection."""
+    assert client.connection is not None
+    return ConnectionAppend(client.connection)
+
+
+def messages(client: redis.Redis, key: str) -> list[str]:
+    """The ``message`` field of every entry of a stream (``client`` decodes responses)."""
+    return [fields["message"] for _, fields in client.xrange(key)]
+
+
 def test_connection_append_writes_expires_and_announces_with_the_stream_id(
     own_connection: redis.Redis, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     keys = KeySpace(key_prefix)
-    assert own_connection.connection is not None
-    append = ConnectionAppend(own_connection.connection)
+    append = direct_append(own_connection)
     pubsub = redis_client.pubsub()
     pubsub.subscribe(keys.live("op-1"))
     assert pubsub.get_message(timeout=2) is not None  # the subscribe confirmation
@@ -50,28 +60,22 @@ def test_connection_append_trims_to_maxlen(
     own_connection: redis.Redis, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     keys = KeySpace(key_prefix)
-    assert own_connection.connection is not None
-    append = ConnectionAppend(own_connection.connection)
+    append = direct_append(own_connection)
     appender = OperationAppender(keys, "op-2", maxlen=3)
     for n in range(5):
         append(appender(f'{{"n":{n}}}', ttl=60))
-    assert [fields["message"] for _, fields in redis_client.xrange(keys.stream("op-2"))] == [
-        '{"n":2}',
-        '{"n":3}',
-        '{"n":4}',
-    ]
+    assert messages(redis_client, keys.stream("op-2")) == ['{"n":2}', '{"n":3}', '{"n":4}']
 
 
 def test_connection_append_loads_the_script_into_a_server_that_lost_it(private_redis: PrivateRedis) -> None:
     client = redis.Redis.from_url(private_redis.url, single_connection_client=True, decode_responses=True)
     try:
-        assert client.connection is not None
-        append = ConnectionAppend(client.connection)
+        append = direct_append(client)
         appender = OperationAppender(KeySpace("t:"), "op", maxlen=10)
         append(appender('{"n":1}', ttl=60))
         client.script_flush()  # this private server's scripts only
         append(appender('{"n":2}', ttl=60))
-        assert [fields["message"] for _, fields in client.xrange("t:operation-progress:op")] == ['{"n":1}', '{"n":2}']
+        assert messages(client, "t:operation-progress:op") == ['{"n":1}', '{"n":2}']
     finally:
         client.close()
 
@@ -80,14 +84,13 @@ def test_connection_append_reconnects_once_after_the_server_dropped_it(
     own_connection: redis.Redis, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     keys = KeySpace(key_prefix)
-    assert own_connection.connection is not None
-    append = ConnectionAppend(own_connection.connection)
+    append = direct_append(own_connection)
     appender = OperationAppender(keys, "op-3", maxlen=10)
     append(appender('{"n":1}', ttl=60))
     own_id = own_connection.client_id()
     assert redis_client.client_kill_filter(_id=own_id) == 1
     append(appender('{"n":2}', ttl=60))  # the first send meets a closed socket; the reconnect writes it once
-    assert [fields["message"] for _, fields in redis_client.xrange(keys.stream("op-3"))] == ['{"n":1}', '{"n":2}']
+    assert messages(redis_client, keys.stream("op-3")) == ['{"n":1}', '{"n":2}']
     assert own_connection.client_id() != own_id
 
 
@@ -97,8 +100,7 @@ def test_connection_append_closes_a_timed_out_connection_so_a_late_reply_is_neve
     client = redis.Redis.from_url(private_redis.url, single_connection_client=True, socket_timeout=0.3)
     admin = redis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
-        assert client.connection is not None
-        append = ConnectionAppend(client.connection)
+        append = direct_append(client)
         appender = OperationAppender(KeySpace("t:"), "op", maxlen=10)
         append(appender('{"n":1}', ttl=60))
         admin.client_pause(1500, all=False)  # write commands (our script writes) wait; the reply comes too late
@@ -107,8 +109,10 @@ def test_connection_append_closes_a_timed_out_connection_so_a_late_reply_is_neve
         admin.client_unpause()
         # Whether or not the server ran the timed-out call, the next write reads its own reply on a new connection.
         append(appender('{"n":3}', ttl=60))
-        messages = [fields["message"] for _, fields in admin.xrange("t:operation-progress:op")]
-        assert messages in (['{"n":1}', '{"n":3}'], ['{"n":1}', '{"n":2}', '{"n":3}'])
+        assert messages(admin, "t:operation-progress:op") in (
+            ['{"n":1}', '{"n":3}'],
+            ['{"n":1}', '{"n":2}', '{"n":3}'],
+        )
         assert client.ping() is True
     finally:
         admin.close()
@@ -124,6 +128,4 @@ def test_script_append_runs_through_a_given_client_and_its_pool(redis_client: re
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(fields["message"] for _, fields in redis_client.xrange(keys.stream("op-4"))) == [
-        f'{{"n":{n}}}' for n in range(4)
-    ]
+    assert sorted(messages(redis_client, keys.stream("op-4"))) == [f'{{"n":{n}}}' for n in range(4)]
