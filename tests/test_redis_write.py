@@ -40,6 +40,7 @@ def messages(client: redis.Redis, key: str) -> list[str]:
 def test_connection_append_writes_expires_and_announces_with_the_stream_id(
     own_connection: redis.Redis, redis_client: redis.Redis, key_prefix: str
 ) -> None:
+    """One call: the entry is in the stream, the stream has its TTL, and the live channel got "<id> <json>"."""
     keys = KeySpace(key_prefix)
     append = direct_append(own_connection)
     pubsub = redis_client.pubsub()
@@ -59,6 +60,7 @@ def test_connection_append_writes_expires_and_announces_with_the_stream_id(
 def test_connection_append_trims_to_maxlen(
     own_connection: redis.Redis, redis_client: redis.Redis, key_prefix: str
 ) -> None:
+    """The stream keeps exactly the newest maxlen entries."""
     keys = KeySpace(key_prefix)
     append = direct_append(own_connection)
     appender = OperationAppender(keys, "op-2", maxlen=3)
@@ -68,6 +70,7 @@ def test_connection_append_trims_to_maxlen(
 
 
 def test_connection_append_loads_the_script_into_a_server_that_lost_it(private_redis: PrivateRedis) -> None:
+    """After SCRIPT FLUSH (as after a restart) the runner loads the script once and the write still lands."""
     client = redis.Redis.from_url(private_redis.url, single_connection_client=True, decode_responses=True)
     try:
         append = direct_append(client)
@@ -83,6 +86,7 @@ def test_connection_append_loads_the_script_into_a_server_that_lost_it(private_r
 def test_connection_append_reconnects_once_after_the_server_dropped_it(
     own_connection: redis.Redis, redis_client: redis.Redis, key_prefix: str
 ) -> None:
+    """A connection the server closed is reopened once, and the entry is written exactly once."""
     keys = KeySpace(key_prefix)
     append = direct_append(own_connection)
     appender = OperationAppender(keys, "op-3", maxlen=10)
@@ -97,6 +101,7 @@ def test_connection_append_reconnects_once_after_the_server_dropped_it(
 def test_connection_append_closes_a_timed_out_connection_so_a_late_reply_is_never_misread(
     private_redis: PrivateRedis,
 ) -> None:
+    """A timed-out call leaves no stale reply behind: the next call and a PING read their own answers."""
     client = redis.Redis.from_url(private_redis.url, single_connection_client=True, socket_timeout=0.3)
     admin = redis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
@@ -120,6 +125,7 @@ def test_connection_append_closes_a_timed_out_connection_so_a_late_reply_is_neve
 
 
 def test_script_append_runs_through_a_given_client_and_its_pool(redis_client: redis.Redis, key_prefix: str) -> None:
+    """A caller's pooled client works from several threads at once through redis-py's script wrapper."""
     keys = KeySpace(key_prefix)
     append = ScriptAppend(redis_client)
     appender = OperationAppender(keys, "op-4", maxlen=10)
