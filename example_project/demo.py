@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from celery_progress_ws._watch import EXIT_INTERRUPTED
-from celery_progress_ws._watch import main as watch_main
+from celery_progress_ws._watch_cli import main as watch_main
 from devtools.servers import PrivateRedis, forget_celery_queue, free_port, resolve_redis
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import subprocess
@@ -19,11 +18,13 @@ from celery_progress_ws import _watch as watch_module
 from celery_progress_ws._codec import encode_entry, make_entry, ttl_for
 from celery_progress_ws._keys import KeySpace
 from celery_progress_ws._redis_write import APPEND_SCRIPT, operation_append
-from celery_progress_ws._watch import EXIT_USAGE, JsonSink, Watcher, add_watch_parser, main, run_watch
+from celery_progress_ws._watch import Watcher
+from celery_progress_ws._watch_cli import main
+from celery_progress_ws._watch_output import JsonSink
 from devtools.servers import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_WATCH = "import sys; from celery_progress_ws._watch import main; sys.exit(main(sys.argv[1:]))"
+RUN_WATCH = "import sys; from celery_progress_ws._watch_cli import main; sys.exit(main(sys.argv[1:]))"
 
 Append = Callable[..., str]
 
@@ -225,35 +226,6 @@ def test_progress_bars_show_the_final_state(settings: ProgressSettings, append: 
     assert "50.0%" in text
     assert "failed" in text
     assert "chunking_document_complete" in text
-
-
-@pytest.mark.parametrize("bad", ["has space", "glob*", "", "x" * 129])
-def test_invalid_operation_id_exits_64(bad: str) -> None:
-    """An operation id that cannot be a Redis key is refused with a clear message and exit 64, before any I/O."""
-    err = io.StringIO()
-    assert main([bad, "--json"], stdout=io.StringIO(), stderr=err) == EXIT_USAGE
-    assert "operation id" in err.getvalue()
-
-
-def test_usage_errors_exit_64_not_2(capsys: pytest.CaptureFixture[str]) -> None:
-    """A usage error exits 64, so a script never mistakes it for the `cancelled` status 2."""
-    with pytest.raises(SystemExit) as exited:
-        main(["op", "--timeout", "-1"])
-    assert exited.value.code == EXIT_USAGE
-    assert "--timeout" in capsys.readouterr().err
-
-
-def test_registered_subcommand_parses_and_keeps_exit_64_for_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    """Registered on a plain argparse parent, `watch` maps to run_watch and still exits 64 on a usage error."""
-    parent = argparse.ArgumentParser(prog="celery-progress-ws")
-    add_watch_parser(parent.add_subparsers(required=True))
-    args = parent.parse_args(["watch", "a", "b", "--json", "--timeout", "2"])
-    assert (args.handler, args.operation_ids, args.json_lines, args.timeout) == (run_watch, ["a", "b"], True, 2.0)
-    assert args.handler(parent.parse_args(["watch", "bad*id"])) == EXIT_USAGE
-    with pytest.raises(SystemExit) as exited:
-        parent.parse_args(["watch"])
-    assert exited.value.code == EXIT_USAGE
-    assert "OPERATION_ID" in capsys.readouterr().err
 
 
 @pytest.mark.integration
