@@ -1,4 +1,4 @@
-"""A real ``celery worker --pool=prefork --concurrency=2`` subprocess, configured by environment, against Redis."""
+"""Real ``celery worker`` subprocesses (prefork with concurrency 2, and gevent), configured by environment, on Redis."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,12 @@ pytestmark = pytest.mark.integration
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture
-def prefork_worker(
-    redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path
-) -> Iterator[tuple[Celery, Path]]:
-    """Start the worker subprocess; yield an app that sends to its queue (with `queued` entries enabled, like a web
-    app) and the worker's log file; stop the worker with a warm shutdown (SIGTERM to its pid) afterwards."""
+@contextmanager
+def worker_process(
+    redis_url: str, broker_namespace: str, settings: ProgressSettings, log: Path, pool_options: list[str]
+) -> Iterator[Celery]:
+    """Start a worker subprocess with ``pool_options``; yield an app that sends to its queue (with `queued` entries
+    enabled, like a web app); stop the worker with a warm shutdown (SIGTERM to its pid) afterwards."""
     queue = f"{broker_namespace}-{uuid.uuid4().hex[:6]}"
     env = {
         **os.environ,
@@ -41,8 +42,7 @@ def prefork_worker(
         "CELERY_PROGRESS_WS_KEY_PREFIX": settings.key_prefix,
         "CELERY_PROGRESS_WS_THROTTLE_SECONDS": str(settings.throttle_seconds),
     }
-    log = tmp_path / "worker.log"
-    command = [sys.executable, "-m", "celery", "-A", "worker_app", "worker", "--pool=prefork", "--concurrency=2"]
+    command = [sys.executable, "-m", "celery", "-A", "worker_app", "worker", *pool_options]
     command += ["--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel=INFO"]
     command += ["--hostname", f"cpws-{uuid.uuid4().hex[:6]}@%h"]
     with open(log, "wb") as output:
@@ -50,7 +50,7 @@ def prefork_worker(
     sender = create_app(redis_url, broker_namespace, queue)
     publisher = enable_queued_events(sender, settings)
     try:
-        yield sender, log
+        yield sender
     finally:
         disable_events(sender)
         publisher.close()
@@ -61,6 +61,26 @@ def prefork_worker(
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+
+@pytest.fixture
+def prefork_worker(
+    redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path
+) -> Iterator[tuple[Celery, Path]]:
+    """A prefork worker with two children, and its log file."""
+    log = tmp_path / "worker.log"
+    with worker_process(redis_url, broker_namespace, settings, log, ["--pool=prefork", "--concurrency=2"]) as app:
+        yield app, log
+
+
+@pytest.fixture
+def gevent_worker(
+    redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path
+) -> Iterator[tuple[Celery, Path]]:
+    """A gevent worker (the standard library monkey-patched by Celery) running up to 8 tasks at once, and its log."""
+    log = tmp_path / "worker.log"
+    with worker_process(redis_url, broker_namespace, settings, log, ["--pool=gevent", "--concurrency=8"]) as app:
+        yield app, log
 
 
 def test_prefork_worker_publishes_every_lifecycle_from_children_and_main_process(
@@ -103,4 +123,30 @@ def test_prefork_worker_publishes_every_lifecycle_from_children_and_main_process
         assert ttl - 30 < redis_client.ttl(stream_key(settings, task_id)) <= ttl
     output = log.read_text()
     assert "Signal handler" not in output, output
+    assert "celery-progress-ws" not in output, output
+
+
+def test_gevent_worker_publishes_lifecycles_and_trailing_values_while_tasks_wait(
+    gevent_worker: tuple[Celery, Path], settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """Under gevent, concurrent tasks each get their whole lifecycle, and a held-back value is written when its
+    interval ends, while the task still waits, not only before the terminal status."""
+    app, log = gevent_worker
+    waiting = [app.tasks["cpws.hold_then_wait"].delay(1.5) for _ in range(3)]
+    counting = [app.tasks["cpws.count"].delay(20) for _ in range(3)]
+    for result in waiting + counting:
+        result.get(timeout=60)
+    assert settings.throttle_seconds < 1.0  # the interval ends well before the task does
+    for result in waiting:
+        entries = wait_for(redis_client, settings, result.id, ended)
+        assert kinds(entries) == ["status:queued", "status:started", "progress:1", "progress:2", "status:completed"]
+        ids = [int(entry_id.split("-")[0]) for entry_id, _ in redis_client.xrange(stream_key(settings, result.id))]
+        assert ids[4] - ids[3] >= 1000, "the held-back value was only written when the task ended"
+    for result in counting:
+        entries = wait_for(redis_client, settings, result.id, ended)
+        assert kinds(entries)[:2] == ["status:queued", "status:started"]
+        assert kinds(entries)[-1] == "status:completed"
+        assert progress_values(entries)[0] == 1
+        assert progress_values(entries)[-1] == 20
+    output = log.read_text()
     assert "celery-progress-ws" not in output, output

@@ -85,6 +85,13 @@ def _register_tasks(app: Celery) -> None:
                 time.sleep(max(0.0, start + seconds * i / calls - time.monotonic()))
         return time.monotonic() - start
 
+    @app.task(name="cpws.hold_then_wait", shared=False)
+    def hold_then_wait(seconds: float) -> None:
+        """Reports 1 of 10 (published) and 2 of 10 (held back), then waits ``seconds`` before it returns."""
+        report_progress(1, 10)
+        report_progress(2, 10)
+        time.sleep(seconds)
+
     @app.task(name="cpws.fail", shared=False)
     def fail(text: str) -> None:
         """Reports once, then raises."""
