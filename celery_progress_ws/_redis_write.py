@@ -92,25 +92,26 @@ class ConnectionAppend:
         self._sha = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()
 
     def __call__(self, call: AppendCall) -> None:
-        connection = self._connection
-        for attempt in (1, 2):
+        for retries_left in (1, 0):
             try:
-                try:
-                    connection.send_command("EVALSHA", self._sha, len(call.keys), *call.keys, *call.args)
-                    connection.read_response()
-                except NoScriptError:  # a new or flushed server: load it once and run it again
-                    connection.send_command("SCRIPT", "LOAD", APPEND_SCRIPT)
-                    connection.read_response()
-                    connection.send_command("EVALSHA", self._sha, len(call.keys), *call.keys, *call.args)
-                    connection.read_response()
+                self._run(call)
                 return
-            except RedisConnectionError:
-                connection.disconnect()
-                if attempt == 2:
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self._connection.disconnect()
+                if retries_left == 0 or isinstance(exc, RedisTimeoutError):
                     raise
-            except RedisTimeoutError:
-                connection.disconnect()
-                raise
+
+    def _run(self, call: AppendCall) -> None:
+        arguments = (len(call.keys), *call.keys, *call.args)
+        try:
+            self._command("EVALSHA", self._sha, *arguments)
+        except NoScriptError:  # a new or flushed server: load the script, then run it
+            self._command("SCRIPT", "LOAD", APPEND_SCRIPT)
+            self._command("EVALSHA", self._sha, *arguments)
+
+    def _command(self, *arguments: str | int) -> Any:
+        self._connection.send_command(*arguments)
+        return self._connection.read_response()
 
 
 class ScriptAppend:
