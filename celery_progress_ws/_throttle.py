@@ -5,6 +5,8 @@ async one runs it on the loop. ``keep`` is the hot path of a dropped report and 
 it only ever replaces a pending value with another, in one attribute store. Should that store land just after the
 owner took the pending value away, the slot would hold a value no wake-up was planned for; so every take plans one
 more look at its key when the new interval ends (``next_due``/``take_due``), and the value is published then.
+Only a thread held up between its check and its store for longer than a whole interval could miss that look; its
+value then waits for the operation's next write, and is still written before the task's terminal status.
 """
 
 from __future__ import annotations
