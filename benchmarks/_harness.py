@@ -294,6 +294,25 @@ class Run:
         """A fresh operation id for one cell (ids never repeat within a run, so cells never see each other)."""
         return "-".join(str(part) for part in parts) + "-" + uuid.uuid4().hex[:8]
 
+    def start(self, kinds: Sequence[str], publisher: str, *, deflate: bool = False) -> Stack:
+        """Start one web server per kind, the publisher process and the client fleet; return once all are ready."""
+        servers = {kind: self.add(Server(kind, self.redis_url, self.prefix, self.log_dir)) for kind in kinds}
+        loadgen = self.add(LoadGen(self.redis_url, self.prefix, self.log_dir, publisher))
+        fleet = self.add(Fleet(self.log_dir, deflate=deflate))
+        for server in servers.values():
+            server.wait_ready()
+        loadgen.wait_ready()
+        return Stack(servers, loadgen, fleet)
+
+
+@dataclass
+class Stack:
+    """The processes a benchmark drives: web servers by kind, the publisher and the client fleet."""
+
+    servers: dict[str, Server]
+    loadgen: LoadGen
+    fleet: Fleet
+
 
 @contextlib.contextmanager
 def bench_run(redis_url: str | None) -> Iterator[Run]:

@@ -109,12 +109,8 @@ def main() -> None:
     started = time.monotonic()
     print(f"Benchmark 3: fan-out by one web process. {machine_line()}", flush=True)
     with bench_run(args.redis_url) as run:
-        servers = {kind: run.add(Server(kind, run.redis_url, run.prefix, run.log_dir)) for kind in kinds}
-        loadgen = run.add(LoadGen(run.redis_url, run.prefix, run.log_dir, args.publisher))
-        fleet = run.add(Fleet(run.log_dir))
-        for server in servers.values():
-            server.wait_ready()
-        loadgen.wait_ready()
+        stack = run.start(kinds, args.publisher)
+        servers, loadgen, fleet = stack.servers, stack.loadgen, stack.fleet
         print(f"publisher: {loadgen.mode}; {args.rounds} round(s) of {args.duration:g} s cells", flush=True)
         for kind in kinds:  # first, while each process is fresh
             memory[kind] = idle_memory(run, servers[kind], fleet, args.idle_sockets)

@@ -112,12 +112,8 @@ def main() -> None:
     started = time.monotonic()
     print(f"Benchmark 2: {args.operations} operations, one subscriber each. {machine_line()}", flush=True)
     with bench_run(args.redis_url) as run:
-        servers = {kind: run.add(Server(kind, run.redis_url, run.prefix, run.log_dir)) for kind in kinds}
-        loadgen = run.add(LoadGen(run.redis_url, run.prefix, run.log_dir, args.publisher))
-        fleet = run.add(Fleet(run.log_dir))
-        for server in servers.values():
-            server.wait_ready()
-        loadgen.wait_ready()
+        stack = run.start(kinds, args.publisher)
+        servers, loadgen, fleet = stack.servers, stack.loadgen, stack.fleet
         print(f"publisher: {loadgen.mode}; {args.rounds} round(s)", flush=True)
         for round_index in range(args.rounds):
             shift = round_index % len(kinds)

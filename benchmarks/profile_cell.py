@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks._harness import SERVER_KINDS, CpuMeter, Fleet, LoadGen, Server, bench_run, fmt_ms, table
+from benchmarks._harness import SERVER_KINDS, CpuMeter, bench_run, fmt_ms, table
 
 FRAME_LINE = re.compile(r":\d+\)")
 
@@ -65,11 +65,8 @@ def summarize(raw: Path, top: int) -> str:
 def main() -> None:
     args = parse_args()
     with bench_run(args.redis_url) as run:
-        server = run.add(Server(args.server, run.redis_url, run.prefix, run.log_dir))
-        loadgen = run.add(LoadGen(run.redis_url, run.prefix, run.log_dir, args.publisher))
-        fleet = run.add(Fleet(run.log_dir))
-        server.wait_ready()
-        loadgen.wait_ready()
+        stack = run.start([args.server], args.publisher)
+        server, loadgen, fleet = stack.servers[args.server], stack.loadgen, stack.fleet
         op = run.op("profile", args.server)
         fleet.connect(server.url, [op], args.subscribers)
         raw = Path(tempfile.mkdtemp(prefix="cpws-profile-")) / "stacks.txt"
