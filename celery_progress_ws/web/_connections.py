@@ -8,7 +8,6 @@ With a ``SharedUserCount``, a connection that passed the local limits must also 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Coroutine
 from typing import Any
@@ -18,6 +17,7 @@ from ._hub import Hub
 from ._registry import ConnectionKey, ConnectionRegistry, SharedUserCount
 from ._session import CLOSE_TIMEOUT_SECONDS, Session
 from ._source import Topic
+from ._tasks import stop_task
 
 
 class Connections:
@@ -90,11 +90,7 @@ class Connections:
             session.outbox.abort(1000, "Connection closed")
         await self._release(session)
         session.cancel_deadline()
-        sender = session.sender
-        if sender is not None and sender is not asyncio.current_task() and not sender.done():
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+        await stop_task(session.sender)
         session.finished.set()
         session.outbox.release()  # break the session <-> outbox cycle: refcounting frees it, not a full GC pass
         self._sessions.discard(session)

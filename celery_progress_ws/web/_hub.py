@@ -9,7 +9,6 @@ read the stream after the subscriber's position, then release the live entries i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -20,6 +19,7 @@ from .._schemas import GapReason
 from ._outbox import Outgoing
 from ._source import RawEntry, SourceUnavailable, StreamSource, Topic, TopicKind, gap_reason
 from ._subscriber import CLOSE_COMPLETED, Subscriber
+from ._tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +58,7 @@ class Hub:
 
     async def detach(self, subscriber: Subscriber) -> None:
         """Stop delivering to ``subscriber``; unsubscribe its topic when it was the last one."""
-        task = self._catch_ups.pop(subscriber, None)
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(self._catch_ups.pop(subscriber, None))
         subscribers = self._topics.get(subscriber.topic)
         if subscribers is None or subscriber not in subscribers:
             return

@@ -10,13 +10,13 @@ renewing, so its members expire. While Redis is unreachable connections are admi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from .._keys import KeySpace
+from ._tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +155,7 @@ class RedisUserCount:
     async def stop(self) -> None:
         """Stop renewing (what is still held expires with its lease unless released)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def _run(self) -> None:
         while True:

@@ -28,6 +28,7 @@ from .._errors import MalformedEntry
 from .._keys import KeySpace
 from .._settings import ProgressSettings
 from ._source import RawEntry, SourceListener, SourceUnavailable, StreamInfo, Topic, TopicKind
+from ._tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +107,7 @@ class RedisSource:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     # -- subscriptions --------------------------------------------------------------------------------------------
 
