@@ -199,21 +199,27 @@ async def scripted() -> AsyncIterator[ScriptedServer]:
         sock.close()
 
 
+async def start_node_client(node_command: list[str], tmp_path: Path, config: dict[str, Any]) -> Any:
+    """Start the harness under Node with the client module and ``config``; its stdout and stderr are pipes."""
+    harness = tmp_path / "harness.mjs"
+    harness.write_text(HARNESS)
+    return await asyncio.create_subprocess_exec(
+        *node_command,
+        str(harness),
+        CLIENT_JS.as_uri(),
+        json.dumps(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 async def run_client(
     node_command: list[str], tmp_path: Path, scripted: ScriptedServer, operation_id: str, **config: Any
 ) -> list[dict[str, Any]]:
     """Run the client under Node until onClose; return the callback records it printed."""
-    harness = tmp_path / "harness.mjs"
-    harness.write_text(HARNESS)
     options = {"baseUrl": scripted.base_url, **FAST, **config.pop("options", {})}
-    payload = json.dumps({"operationId": operation_id, "options": options, **config})
-    process = await asyncio.create_subprocess_exec(
-        *node_command,
-        str(harness),
-        CLIENT_JS.as_uri(),
-        payload,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    process = await start_node_client(
+        node_command, tmp_path, {"operationId": operation_id, "options": options, **config}
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, stderr.decode()
@@ -478,16 +484,8 @@ def appender(client: redis.Redis, settings: ProgressSettings) -> Callable[..., s
 @contextlib.asynccontextmanager
 async def node_client(node_command: list[str], tmp_path: Path, operation_id: str, **options: Any) -> AsyncIterator[Any]:
     """The client running under Node; its records are read line by line, and it is reaped (or killed) afterwards."""
-    harness = tmp_path / "harness.mjs"
-    harness.write_text(HARNESS)
-    payload = json.dumps({"operationId": operation_id, "options": {**FAST, **options}})
-    process = await asyncio.create_subprocess_exec(
-        *node_command,
-        str(harness),
-        CLIENT_JS.as_uri(),
-        payload,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    process = await start_node_client(
+        node_command, tmp_path, {"operationId": operation_id, "options": {**FAST, **options}}
     )
     try:
         yield process
