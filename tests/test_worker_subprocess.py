@@ -1,4 +1,4 @@
-"""Real ``celery worker`` subprocesses (prefork with concurrency 2, and gevent), configured by environment, on Redis."""
+"""Real ``celery worker`` subprocesses (prefork with concurrency 2, solo, gevent), configured by environment."""
 
 from __future__ import annotations
 
@@ -83,6 +83,16 @@ def gevent_worker(
         yield app, log
 
 
+@pytest.fixture
+def solo_worker(
+    redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path
+) -> Iterator[tuple[Celery, Path]]:
+    """A solo worker (tasks run one at a time in the worker's main thread), and its log."""
+    log = tmp_path / "worker.log"
+    with worker_process(redis_url, broker_namespace, settings, log, ["--pool=solo"]) as app:
+        yield app, log
+
+
 def test_prefork_worker_publishes_every_lifecycle_from_children_and_main_process(
     prefork_worker: tuple[Celery, Path], settings: ProgressSettings, redis_client: redis.Redis, redis_url: str
 ) -> None:
@@ -148,5 +158,32 @@ def test_gevent_worker_publishes_lifecycles_and_trailing_values_while_tasks_wait
         assert kinds(entries)[-1] == "status:completed"
         assert progress_values(entries)[0] == 1
         assert progress_values(entries)[-1] == 20
+    output = log.read_text()
+    assert "celery-progress-ws" not in output, output
+
+
+def test_solo_worker_publishes_lifecycles_and_trailing_values(
+    solo_worker: tuple[Celery, Path], settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """With the solo pool, tasks run in the worker's main thread: each gets its lifecycle, a failure its error, and a
+    held-back value is written when its interval ends while the task still waits."""
+    app, log = solo_worker
+    waiting = app.tasks["cpws.hold_then_wait"].delay(1.5)
+    counting = app.tasks["cpws.count"].delay(20)
+    failing = app.tasks["cpws.fail"].delay("solo failure")
+    waiting.get(timeout=60)
+    assert counting.get(timeout=60) == 20
+    failing.get(timeout=60, propagate=False)
+    entries = wait_for(redis_client, settings, waiting.id, ended)
+    assert kinds(entries) == ["status:queued", "status:started", "progress:1", "progress:2", "status:completed"]
+    ids = [int(entry_id.split("-")[0]) for entry_id, _ in redis_client.xrange(stream_key(settings, waiting.id))]
+    assert ids[4] - ids[3] >= 1000, "the held-back value was only written when the task ended"
+    counted = wait_for(redis_client, settings, counting.id, ended)
+    assert progress_values(counted)[0] == 1
+    assert progress_values(counted)[-1] == 20
+    failed = wait_for(redis_client, settings, failing.id, ended)
+    assert kinds(failed)[-1] == "status:failed"
+    assert failed[-1]["data"]["error_message"] == "solo failure"
+    assert 30 < redis_client.ttl(stream_key(settings, failing.id)) <= 60
     output = log.read_text()
     assert "celery-progress-ws" not in output, output
