@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._origins import allowed_origin_entry
 
 
 class ProgressSettings(BaseSettings):
@@ -62,6 +64,20 @@ class ProgressSettings(BaseSettings):
     max_client_message_bytes: int = Field(
         default=4096, gt=0, description="Largest message a client may send over the WebSocket."
     )
+    client_messages_per_second: float = Field(
+        default=10.0,
+        gt=0,
+        description="Messages per second a client may send over one WebSocket, on average; a client that keeps "
+        "sending faster than this (beyond `client_message_burst`) is closed with 1008 `Too many messages`.",
+    )
+    client_message_burst: int = Field(
+        default=20, gt=0, description="Messages a client may send at once before `client_messages_per_second` applies."
+    )
+    allowed_origins: tuple[str, ...] = Field(
+        default=(),
+        description="Origins (`scheme://host[:port]`, a JSON list in the environment) whose pages may use the "
+        'routes besides the server\'s own; `"*"` allows any. Requests without `Origin` are always served.',
+    )
     heartbeat_seconds: float = Field(default=15.0, gt=0, description="Interval of SSE heartbeat comments.")
     reconnect_max_seconds: float = Field(
         default=30.0, gt=0, description="Cap of the web half's exponential backoff while Redis is down."
@@ -83,3 +99,8 @@ class ProgressSettings(BaseSettings):
         pattern=r"^SIG[A-Z0-9]+$",
         description="Signal sent to a running task's process when `cancel_terminate` is on.",
     )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _normalized_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(allowed_origin_entry(origin) for origin in origins)

@@ -8,17 +8,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from celery import Celery
-from fastapi import APIRouter, Depends, Header, HTTPException, Response, WebSocket
+from fastapi import APIRouter, Depends, Header, HTTPException, Response, WebSocket, WebSocketException
 from fastapi.responses import FileResponse
+from starlette.requests import HTTPConnection
 
 from .._codec import is_valid_stream_id
 from .._errors import ConnectionRefused, InvalidChannelName, InvalidOperationId, Unauthorized
 from .._keys import validate_channel, validate_operation_id
 from ._cancel import BrokerUnavailable, Canceller, OperationFinished, OperationNotFound
 from ._manager import ProgressManager
+from ._origin import OriginPolicy
 from ._source import SourceUnavailable
 from ._sse import EventStreamResponse
-from ._websocket import refuse
+from ._websocket import POLICY_VIOLATION, refuse
 
 STATIC = Path(__file__).parent / "static"
 CLIENT_FILES = {
@@ -49,10 +51,11 @@ def create_progress_router(
     ``authorize(user_id, operation_id)`` decides who may watch what; ``authorize_channel(user_id, channel)``
     does so for custom channels (default: ``authorize`` with the channel name).
     With ``celery_app``, ``POST /operations/{operation_id}/cancel`` revokes an operation (see docs/cancellation.md).
+    Requests from pages of other origins than the server's own and ``allowed_origins`` get 403 (see docs/security.md).
     """
     channel_check = authorize_channel or authorize
     UserId = Annotated[Any, Depends(get_user_id)]  # noqa: N806 - a type alias
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(_origin_guard(OriginPolicy(manager.settings.allowed_origins)))])
 
     @router.websocket("/operations/{operation_id}/ws")
     async def operation_socket(
@@ -165,6 +168,20 @@ def create_progress_router(
         return _static("client.d.ts")
 
     return router
+
+
+def _origin_guard(policy: OriginPolicy) -> Callable[[HTTPConnection], Awaitable[None]]:
+    """A dependency that runs before any other: 403 for a page the policy refuses, before the user is looked up."""
+
+    async def check_origin(connection: HTTPConnection) -> None:
+        reason = policy.refusal(connection.scope)
+        if reason is None:
+            return
+        if connection.scope["type"] == "websocket":
+            raise WebSocketException(POLICY_VIOLATION, reason)  # closed before accepting: the handshake gets 403
+        raise HTTPException(status_code=403, detail=reason)
+
+    return check_origin
 
 
 def _static(name: str) -> FileResponse:

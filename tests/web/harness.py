@@ -29,9 +29,12 @@ ROOT = HERE.parent.parent
 
 
 class ThreadServer:
-    """A uvicorn server running an app in a thread of its own (its own event loop), on a free port."""
+    """A uvicorn server running an app in a thread of its own (its own event loop), on a free port.
 
-    def __init__(self, manager: ProgressManager, app: FastAPI | None = None) -> None:
+    ``options`` override uvicorn.Config arguments (``ws_max_size``, ``proxy_headers``...).
+    """
+
+    def __init__(self, manager: ProgressManager, app: FastAPI | None = None, **options: Any) -> None:
         self.manager = manager
         self.port = free_port()
         config = uvicorn.Config(
@@ -40,7 +43,7 @@ class ThreadServer:
             port=self.port,
             log_level="warning",
             loop="asyncio",
-            timeout_graceful_shutdown=5,
+            **{"timeout_graceful_shutdown": 5, **options},
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
