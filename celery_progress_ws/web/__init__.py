@@ -5,12 +5,14 @@
     manager = ProgressManager()
     app = FastAPI(lifespan=manager.lifespan)
     app.include_router(create_progress_router(manager, get_user_id=..., authorize=...), prefix="/progress")
+    uvicorn.run(app, **uvicorn_options(manager.settings))
 """
 
 from .._async_publisher import AsyncProgressPublisher
 from ._manager import ProgressManager
 from ._router import Authorize, create_progress_router
 from ._state import OperationGetter
+from ._uvicorn import uvicorn_options
 
 __all__ = [
     "AsyncProgressPublisher",
@@ -18,4 +20,5 @@ __all__ = [
     "OperationGetter",
     "ProgressManager",
     "create_progress_router",
+    "uvicorn_options",
 ]

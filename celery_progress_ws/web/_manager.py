@@ -32,7 +32,7 @@ from ._session import Session
 from ._source import SourceUnavailable, Topic, TopicKind
 from ._state import OperationGetter, current_state, snapshot
 from ._subscriber import CLOSE_COMPLETED
-from ._websocket import WebSocketTransport, refuse, serve
+from ._websocket import ClientInput, WebSocketTransport, refuse, serve
 
 logger = logging.getLogger(__name__)
 
@@ -158,10 +158,10 @@ class ProgressManager:
         await self._close_websocket(websocket, ConnectionKey(str(user_id), TopicKind.CHANNEL, channel))
 
     async def listen(self, websocket: WebSocket) -> None:
-        """Read (bounded, ignored) client messages until the client leaves or the server ends the connection."""
+        """Read (bounded, rate-limited, ignored) client messages until the client leaves or the server ends it."""
         session = self._connections.of_websocket(websocket)
         if session is not None:
-            await serve(websocket, session, self.settings.max_client_message_bytes)
+            await serve(websocket, session, ClientInput.of(self.settings))
 
     async def open_events(self, operation_id: str, user_id: str, *, last_event_id: str | None = None) -> Session:
         """Register an SSE connection (limits apply) and start its delivery; end it with ``close_events``."""

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ._outbox import Outbox
 from ._session import Session, TransportClosed
 
+if TYPE_CHECKING:
+    from .._settings import ProgressSettings
+
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 MAX_REASON_BYTES = 123
 """A close frame's reason must fit in 123 bytes of UTF-8."""
+TOO_MANY_MESSAGES = "Too many messages"
 
 
 def close_reason(text: str) -> str:
@@ -52,19 +58,64 @@ async def refuse(websocket: WebSocket, reason: str, code: int = POLICY_VIOLATION
         await websocket.close(code, close_reason(reason))
 
 
-async def read_client(websocket: WebSocket, outbox: Outbox, max_bytes: int) -> None:
-    """Read and discard what the client sends until it leaves; a message over ``max_bytes`` closes with 1009."""
+@dataclass(frozen=True, slots=True)
+class ClientInput:
+    """What a client may send: messages up to ``max_bytes``, ``burst`` at once, then ``per_second`` on average."""
+
+    max_bytes: int
+    per_second: float
+    burst: int
+
+    @classmethod
+    def of(cls, settings: ProgressSettings) -> ClientInput:
+        """The limits ``settings`` set."""
+        per_second, burst = settings.client_messages_per_second, settings.client_message_burst
+        return cls(settings.max_client_message_bytes, per_second, burst)
+
+
+class MessageRate:
+    """A token bucket: holds up to ``burst`` tokens, refilled at ``per_second``; each message takes one."""
+
+    __slots__ = ("_burst", "_per_second", "_tokens", "_updated")
+
+    def __init__(self, per_second: float, burst: int, now: float) -> None:
+        self._per_second = per_second
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._updated = now
+
+    def take(self, now: float) -> bool:
+        """Whether a message arriving at ``now`` is within the rate."""
+        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._per_second)
+        self._updated = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+async def read_client(websocket: WebSocket, outbox: Outbox, limits: ClientInput) -> None:
+    """Read and discard what the client sends until it leaves; a message over ``max_bytes`` closes with 1009, one
+    over the rate with 1008 ``Too many messages``. Once closing, the rest is read without being looked at."""
+    rate: MessageRate | None = None  # made on the first message: most clients never send one
+    clock = asyncio.get_running_loop().time
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
+        if outbox.closing:
+            continue
+        if rate is None:
+            rate = MessageRate(limits.per_second, limits.burst, clock())
         text = message.get("text")
         size = len(text.encode()) if text is not None else len(message.get("bytes") or b"")
-        if size > max_bytes:
-            outbox.abort(MESSAGE_TOO_BIG, f"Message too big (limit {max_bytes} bytes)")
+        if size > limits.max_bytes:
+            outbox.abort(MESSAGE_TOO_BIG, f"Message too big (limit {limits.max_bytes} bytes)")
+        elif not rate.take(clock()):
+            outbox.abort(POLICY_VIOLATION, TOO_MANY_MESSAGES)
 
 
-async def serve(websocket: WebSocket, session: Session, max_bytes: int) -> None:
+async def serve(websocket: WebSocket, session: Session, limits: ClientInput) -> None:
     """Run until the client leaves or the server has ended the connection (terminal status, overflow, shutdown).
 
     Client input is read in the calling task (no reader task, no waiter task per connection); when the session's
@@ -73,14 +124,14 @@ async def serve(websocket: WebSocket, session: Session, max_bytes: int) -> None:
     sender = session.sender
     task = asyncio.current_task()
     if sender is None or task is None:  # no sender to wait for: read until the client leaves
-        await read_client(websocket, session.outbox, max_bytes)
+        await read_client(websocket, session.outbox, limits)
         return
     if sender.done():
         return
     interrupt = _Interrupt(task)
     sender.add_done_callback(interrupt)
     try:
-        await read_client(websocket, session.outbox, max_bytes)
+        await read_client(websocket, session.outbox, limits)
     except asyncio.CancelledError:
         if not interrupt.fired or task.uncancel() > 0:
             raise
