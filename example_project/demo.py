@@ -16,12 +16,19 @@ import sys
 import time
 from pathlib import Path
 
+from celery_progress_ws import ProgressSettings
 from celery_progress_ws._watch import EXIT_INTERRUPTED
 from celery_progress_ws._watch_cli import main as watch_main
+from celery_progress_ws.web import uvicorn_options
 from devtools.servers import PrivateRedis, forget_celery_queue, free_port, resolve_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".demo-logs"
+
+
+def uvicorn_flags() -> list[str]:
+    """``uvicorn_options`` for the environment's settings as ``python -m uvicorn`` flags: ``--ws-max-size=4096``..."""
+    return [f"--{name.replace('_', '-')}={value}" for name, value in uvicorn_options(ProgressSettings()).items()]
 
 
 class Demo:
@@ -63,6 +70,7 @@ class Demo:
             "127.0.0.1",
             "--port",
             str(self.port),
+            *uvicorn_flags(),
         )
         self._wait_for_web()
         print(f"Web app: http://127.0.0.1:{self.port}/   (logs in {LOGS})")

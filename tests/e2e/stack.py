@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from devtools.servers import forget_celery_queue, free_port
+from example_project.demo import uvicorn_flags
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -43,7 +44,7 @@ class ExampleStack:
     def start_web(self) -> None:
         self.web = self._spawn(
             "web", "-m", "uvicorn", "example_project.web:create_app", "--factory", "--host", "127.0.0.1",
-            "--port", str(self.port),
+            "--port", str(self.port), *uvicorn_flags(),
         )  # fmt: skip
         deadline = time.monotonic() + 30
         while not self._answers():
@@ -60,6 +61,10 @@ class ExampleStack:
         self._stop(self.web)
         self._stop(self.worker)
         forget_celery_queue(self.env["CELERY_PROGRESS_WS_REDIS_URL"], self.env["DEMO_QUEUE"])
+
+    def web_log(self) -> str:
+        """What the web process has printed so far (uvicorn's access log included)."""
+        return (self.log_dir / "web.log").read_text(errors="replace")
 
     def _answers(self) -> bool:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from other_origin import OtherOriginSite
 from stack import ExampleStack
 
 pytestmark = pytest.mark.integration
@@ -146,3 +148,25 @@ def test_group_shows_aggregate_progress_and_completes(page: Any) -> None:
     wait_for_full_bar(card)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-group.png"), full_page=True)
+
+
+def test_a_page_on_another_origin_is_refused_while_the_apps_own_page_works(page: Any, stack: ExampleStack) -> None:
+    """A page on another origin of the same site (so the browser sends the user's SameSite=Strict cookie) cannot open
+    the WebSocket or EventSource, read the snapshot or cancel: each gets 403, and the app's own page still watches
+    the task to `completed`."""
+    from playwright.sync_api import expect
+
+    card, operation_id = start_task(page, "ingest", documents=12, seconds_per_document=0.25)
+    expect(card.locator(".badge")).to_have_text("started", timeout=30_000)
+    with OtherOriginSite() as site:
+        other = page.context.new_page()
+        other.goto(f"{site.base_url}/?app={stack.base_url}&op={operation_id}")
+        other.wait_for_function("window.__results !== undefined", timeout=20_000)
+        results = other.evaluate("window.__results")
+    assert results["socket"] == {"opened": False, "code": 1006}
+    assert results["events"] == {"opened": False}
+    assert results["cancel"] == {"type": "opaque"}  # the browser hides the answer from the page
+    assert "error" in results["snapshot"]  # and this one for want of CORS headers
+    refused = re.findall(rf'"(\w+) /progress/operations/{operation_id}(/\w+)?[ "].* 403', stack.web_log())
+    assert sorted(refused) == [("GET", ""), ("GET", "/events"), ("POST", "/cancel"), ("WebSocket", "/ws")]
+    expect(card.locator(".badge")).to_have_text("completed", timeout=30_000)
