@@ -45,9 +45,7 @@ class NewestReader:
         self._wait_seconds = wait_seconds
         self._turn = asyncio.Semaphore(1)
 
-    async def newest(
-        self, topic: Topic, enough: Callable[[list[Decoded]], bool], limit: int = REQUEST_LIMIT
-    ) -> Newest:
+    async def newest(self, topic: Topic, enough: Callable[[list[Decoded]], bool], limit: int = REQUEST_LIMIT) -> Newest:
         """Read newest first until ``enough(entries)`` holds, the stream ends, or ``limit`` entries were read."""
         newest_id: str | None = None
         entries: list[Decoded] = []

@@ -92,7 +92,7 @@ async def test_a_plausible_forged_id_is_repaired_when_the_real_terminal_entry_co
 async def test_a_websocket_resuming_ahead_of_the_stream_gets_a_gap_then_the_whole_stream(
     server: ThreadServer, web_publisher: AsyncProgressPublisher
 ) -> None:
-    """A resume id after the stream's newest (terminal) entry is not "finished": a gap, then the stream from its start."""
+    """A resume id after the stream's newest (terminal) entry is not "finished": a gap, then the whole stream."""
     operation = new_operation()
     ids = [
         await web_publisher.publish(operation, "status_update", {"status": status})
