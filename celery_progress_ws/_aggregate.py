@@ -67,7 +67,10 @@ def track(
 
 
 def cancel_aggregate(operation_id: str, settings: ProgressSettings, message: str = "Operation cancelled") -> bool:
-    """Mark an aggregate operation ``cancelled`` and write its terminal entries; ``False`` if it already ended."""
+    """Mark an aggregate operation ``cancelled`` and write its terminal entries; ``False`` if it already ended.
+
+    Opens a connection for the call (scripts, workers); the web half awaits ``cancel_aggregate_async`` instead.
+    """
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout_seconds)
     try:
         result = client.eval(
@@ -94,7 +97,7 @@ def aggregate_children(operation_id: str, settings: ProgressSettings) -> list[st
 async def cancel_aggregate_async(
     operation_id: str, settings: ProgressSettings, client: redis.asyncio.Redis, message: str = "Operation cancelled"
 ) -> bool:
-    """``cancel_aggregate`` on an asyncio client (the web half's)."""
+    """``cancel_aggregate`` on an asyncio client: how the web half's cancel route ends an aggregate."""
     keys = update_keys(settings, operation_id)
     args = update_args(settings, operation_id, "", "cancel", message=message)
     result = await client.eval(UPDATE_SCRIPT, 2, *keys, *args)
@@ -104,7 +107,7 @@ async def cancel_aggregate_async(
 async def aggregate_children_async(
     operation_id: str, settings: ProgressSettings, client: redis.asyncio.Redis
 ) -> list[str] | None:
-    """``aggregate_children`` on an asyncio client."""
+    """``aggregate_children`` on an asyncio client: how the web half's cancel route finds the tasks to revoke."""
     raw = await client.hget(KeySpace(settings.key_prefix).aggregate(operation_id), "children")
     return None if raw is None else list(json.loads(raw))
 

@@ -108,15 +108,19 @@ def parse_stream_id(entry_id: str | bytes) -> StreamId:
 
 
 def is_valid_stream_id(entry_id: str) -> bool:
-    """Whether ``entry_id`` is a complete stream id (used to validate client-supplied resume ids)."""
+    """Whether ``entry_id`` is a stream id entries can follow (used to validate client-supplied resume ids).
+
+    The greatest id is refused: nothing can follow it, and Redis rejects it as an exclusive range start.
+    """
     millis, separator, sequence = entry_id.partition("-")
     if not separator or not _is_number(millis) or not _is_number(sequence) or len(entry_id) > 41:
         return False
-    return int(millis) < _ID_PART_LIMIT and int(sequence) < _ID_PART_LIMIT
+    return int(millis) < _ID_PART_LIMIT and int(sequence) < _ID_PART_LIMIT and entry_id != _MAX_ID
 
 
 _ID_PART_LIMIT = 2**64
 """Both halves of a stream id are unsigned 64-bit integers."""
+_MAX_ID = f"{_ID_PART_LIMIT - 1}-{_ID_PART_LIMIT - 1}"
 
 
 def _is_number(text: str) -> bool:

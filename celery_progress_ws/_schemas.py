@@ -58,6 +58,9 @@ class GapReason(StrEnum):
     """The client resumed from an id but the stream has expired or was deleted."""
     REDIS_RESTARTED = "redis_restarted"
     """Redis restarted (or failed over) and lost entries the client had not received yet."""
+    AHEAD_OF_STREAM = "ahead_of_stream"
+    """The client's last id is after the stream's newest entry (an id the stream never issued): the stream follows
+    from its start, so a client must forget its last id on this gap."""
 
 
 def utc_now_iso() -> str:

@@ -82,6 +82,8 @@ def test_stream_ids() -> None:
         assert not is_valid_stream_id(bad)
     assert is_valid_stream_id("0-0")
     assert not is_valid_stream_id(f"{2**64}-0")
+    assert is_valid_stream_id(f"{2**64 - 1}-{2**64 - 2}")
+    assert not is_valid_stream_id(f"{2**64 - 1}-{2**64 - 1}")  # nothing follows it: no exclusive range start
 
 
 def test_terminal_status() -> None:

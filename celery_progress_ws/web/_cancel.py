@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from .._aggregate import aggregate_children, cancel_aggregate
+from .._aggregate import aggregate_children_async, cancel_aggregate_async
 from .._codec import terminal_status
 from .._errors import ProgressError
 from .._keys import validate_operation_id
@@ -33,6 +33,8 @@ BROKER_DOWN = (OperationalError, RedisError, OSError)
 """What a revoke broadcast raises when the broker cannot be reached."""
 
 CANCELLED_MESSAGE = "Cancelled on request"
+LOOKBACK = 16
+"""Newest entries searched for a terminal status (nothing but a late second terminal entry follows the first)."""
 
 
 class OperationNotFound(ProgressError, LookupError):
@@ -80,8 +82,9 @@ class Canceller:
         ``BrokerUnavailable`` or ``SourceUnavailable`` (Redis cannot be read)."""
         operation_id = validate_operation_id(operation_id)
         settings = self._manager.settings
-        entries = await self._manager.read_entries(operation_id)
-        children = await _redis_call(aggregate_children, operation_id, settings)
+        client = self._manager.redis
+        entries = await self._manager.read_entries(operation_id, LOOKBACK)
+        children = await _redis_call(aggregate_children_async(operation_id, settings, client))
         if not entries and children is None:
             raise OperationNotFound(f"Nothing is known about operation {operation_id}")
         finished = next((status for entry in entries if (status := terminal_status(entry)) is not None), None)
@@ -96,7 +99,7 @@ class Canceller:
         if children is None:
             data = {"status": TaskStatus.CANCELLED.value, "message": CANCELLED_MESSAGE}
             await self._manager.send_update(operation_id, STATUS_UPDATE, data)
-        elif not await _redis_call(cancel_aggregate, operation_id, settings, CANCELLED_MESSAGE):
+        elif not await _redis_call(cancel_aggregate_async(operation_id, settings, client, CANCELLED_MESSAGE)):
             raise OperationFinished()  # it ended between the check and the revoke (revoking finished tasks is a no-op)
         logger.info("Cancelled %s (%d tasks revoked, terminate=%s)", operation_id, len(targets), terminate)
         return Cancellation(operation_id, targets, terminate)
@@ -107,9 +110,9 @@ class Canceller:
             self._app.control.revoke(task_ids, terminate=terminate, signal=signal)
 
 
-async def _redis_call(function: Callable[..., T], *args: Any) -> T:
-    """Run a blocking Redis call of the aggregate module in a worker thread; Redis failures become unavailability."""
+async def _redis_call(call: Awaitable[T]) -> T:
+    """Await a call of the aggregate module on the manager's client; Redis failures become unavailability."""
     try:
-        return await asyncio.to_thread(function, *args)
+        return await call
     except RedisError as exc:
-        raise SourceUnavailable(f"{function.__name__} failed: {exc}") from exc
+        raise SourceUnavailable(f"Reading or updating the aggregate failed: {exc}") from exc

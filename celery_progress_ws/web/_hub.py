@@ -4,6 +4,10 @@ Each live entry is decoded and serialized once, then offered to every subscriber
 connection, else one queue append (see ``Outbox``).
 A subscriber's catch-up is one short task at a time: make sure the topic's live channel is subscribed (confirmed),
 read the stream after the subscriber's position, then release the live entries it buffered meanwhile.
+
+Live announcements are not trusted blindly, since anyone who can PUBLISH on Redis can send one: an id ahead of Redis'
+clock cannot be real and is replaced by a read of the stream, and a terminal entry is read back from the stream (once
+per topic) before it ends any connection. A position found ahead of the stream is forgotten after a gap message.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from .._codec import decode_entry, parse_stream_id, terminal_status
+from .._codec import StreamId, decode_entry, parse_stream_id, terminal_status
 from .._errors import MalformedEntry
 from .._schemas import GapReason
 from ._outbox import Outgoing
@@ -28,20 +34,39 @@ BEHIND_MS = 50
 """A live entry older than this (by its id's time) means the reader is behind: connections then send from their
 queues, in batches, instead of the reader sending to each socket itself (cheapest per message when keeping up)."""
 CLOSE_INTERNAL_ERROR = (1011, "Internal server error")
+PLAUSIBLE_AHEAD_MS = 5_000
+"""A live id further ahead of Redis' clock than this was not issued by Redis: real ids carry the time of their XADD,
+which precedes the announcement. The margin covers the error of the measured clock offset and small clock steps; a
+real entry misjudged costs one stream read, never the entry."""
+
+
+def _local_ms() -> float:
+    return time.time() * 1000
 
 
 class Hub:
     """Knows which subscribers watch which topic; implements ``SourceListener`` for the stream source."""
 
     def __init__(
-        self, source: StreamSource, *, history_batch: int, max_entry_bytes: int, retry_max_seconds: float
+        self,
+        source: StreamSource,
+        *,
+        history_batch: int,
+        max_entry_bytes: int,
+        retry_max_seconds: float,
+        clock: Callable[[], float] = _local_ms,
     ) -> None:
         self.source = source
         self._history_batch = history_batch
         self._max_entry_bytes = max_entry_bytes
         self._retry_max_seconds = retry_max_seconds
+        self._clock = clock
+        """Redis' current time in milliseconds, to judge live ids by."""
         self._topics: dict[Topic, set[Subscriber]] = {}
         self._catch_ups: dict[Subscriber, asyncio.Task[None]] = {}
+        self._held: dict[Topic, deque[Outgoing]] = {}
+        """Per topic: a terminal live entry being confirmed from the stream, and the live entries that followed it."""
+        self._confirming: dict[Topic, asyncio.Task[None]] = {}
 
     @property
     def topics(self) -> list[Topic]:
@@ -65,6 +90,8 @@ class Hub:
         subscribers.discard(subscriber)
         if not subscribers:
             del self._topics[subscriber.topic]
+            self._held.pop(subscriber.topic, None)
+            await stop_task(self._confirming.pop(subscriber.topic, None))
             await self.source.drop(subscriber.topic)
 
     def broadcast(self, topic: Topic, message: dict[str, Any]) -> int:
@@ -83,9 +110,29 @@ class Hub:
         if not subscribers:
             return
         item = self.decode(topic, entry_id, message)
-        if item is not None:
-            if item.key is not None and time.time() * 1000 - item.key[0] > BEHIND_MS:
-                item.direct = False
+        if item is None or item.key is None:
+            return
+        now = self._clock()
+        if item.key[0] > now + PLAUSIBLE_AHEAD_MS:
+            logger.warning(
+                "Ignoring live entry %s of %s %r: its id is ahead of Redis' clock; reading the stream instead",
+                entry_id,
+                topic.kind,
+                topic.name,
+            )
+            self._repair(topic)
+            return
+        if now - item.key[0] > BEHIND_MS:
+            item.direct = False
+        held = self._held.get(topic)
+        if held is not None:
+            held.append(item)  # behind a terminal entry being confirmed: order is kept
+        elif item.terminal:
+            self._held[topic] = deque([item])
+            task = asyncio.get_running_loop().create_task(self._release_held(topic))
+            self._confirming[topic] = task
+            task.add_done_callback(lambda done: self._forget_confirmation(topic, done))
+        else:
             for subscriber in subscribers:
                 subscriber.offer_live(item)
 
@@ -101,6 +148,58 @@ class Hub:
                     subscriber.note_gap(GapReason.REDIS_RESTARTED)
                 if subscriber.catching_up:
                     self._schedule(subscriber)
+
+    # -- live entries that need the stream's word ------------------------------------------------------------------
+
+    async def _release_held(self, topic: Topic) -> None:
+        """Confirm held terminal entries from the stream and offer the held entries in order; repair on doubt."""
+        try:
+            while held := self._held.get(topic):
+                item: Outgoing | None = held[0]
+                if held[0].terminal:
+                    item = await self._confirmed(topic, held[0])
+                held.popleft()
+                if item is None:
+                    self._repair(topic)
+                else:
+                    self._offer_confirmed(topic, item)
+        except SourceUnavailable:
+            self._repair(topic)  # the catch-ups read the stream once it answers
+        finally:
+            self._held.pop(topic, None)
+
+    async def _confirmed(self, topic: Topic, item: Outgoing) -> Outgoing | None:
+        """The stream's own entry with ``item``'s id, or ``None`` (logged) when the stream has no such entry."""
+        assert item.key is not None  # only stored entries are held
+        rows = await self.source.read_after(topic, _predecessor(item.key), 1) if item.key > (0, 0) else []
+        if rows and rows[0][0] == item.entry_id:
+            return self.decode(topic, *rows[0])
+        logger.warning(
+            "Ignoring live entry %s of %s %r: the stream has no such entry", item.entry_id, topic.kind, topic.name
+        )
+        return None
+
+    def _offer_confirmed(self, topic: Topic, item: Outgoing) -> None:
+        for subscriber in self.subscribers(topic):
+            position = subscriber.position
+            if item.key is not None and position is not None and position > item.key and not subscriber.catching_up:
+                # ahead of an entry the stream has: the position came from an id the stream never issued
+                subscriber.rewind(GapReason.AHEAD_OF_STREAM)
+                subscriber.begin_catch_up()
+                self._schedule(subscriber)
+            else:
+                subscriber.offer_live(item)
+
+    def _repair(self, topic: Topic) -> None:
+        """Read the stream after each subscriber's position instead of trusting a live announcement."""
+        for subscriber in self.subscribers(topic):
+            if not subscriber.closed:
+                subscriber.begin_catch_up()
+                self._schedule(subscriber)
+
+    def _forget_confirmation(self, topic: Topic, task: asyncio.Task[None]) -> None:
+        if self._confirming.get(topic) is task:
+            del self._confirming[topic]
 
     # -- catch-up -------------------------------------------------------------------------------------------------
 
@@ -144,11 +243,15 @@ class Hub:
         topic = subscriber.topic
         if subscriber.position is not None:
             info = await self.source.info(topic)
+            newest = info.last if info is not None else None
+            newest_key = parse_stream_id(newest[0]) if newest is not None else None
             reason = gap_reason(info, subscriber.position)
-            if reason is not None:
+            if newest_key is not None and subscriber.position > newest_key:
+                subscriber.rewind(GapReason.AHEAD_OF_STREAM)  # not an id of this stream: send it from its start
+            elif reason is not None:
                 subscriber.note_gap(reason)
-            elif info is not None and info.last is not None and self._already_finished(topic, info.last, subscriber):
-                subscriber.outbox.close(*CLOSE_COMPLETED)  # resumed at or after the terminal entry: nothing will come
+            elif newest is not None and newest_key == subscriber.position and self._is_terminal(topic, newest):
+                subscriber.outbox.close(*CLOSE_COMPLETED)  # resumed at the terminal entry: nothing will come
                 return
         cursor = subscriber.last_id
         while True:
@@ -161,12 +264,9 @@ class Hub:
             if len(batch) < self._history_batch:
                 return
 
-    def _already_finished(self, topic: Topic, newest: RawEntry, subscriber: Subscriber) -> bool:
-        """Whether the stream's newest entry is terminal and the subscriber already has it."""
-        item = self.decode(topic, *newest)
-        if item is None or item.key is None or subscriber.position is None:
-            return False
-        return item.terminal and item.key <= subscriber.position
+    def _is_terminal(self, topic: Topic, entry: RawEntry) -> bool:
+        item = self.decode(topic, *entry)
+        return item is not None and item.terminal
 
     def decode(self, topic: Topic, entry_id: str, message: bytes | str | None) -> Outgoing | None:
         """Decode a stored entry once; log and skip anything that is not a valid entry."""
@@ -182,6 +282,12 @@ class Hub:
             return None
         terminal = topic.kind is TopicKind.OPERATION and terminal_status(entry) is not None
         return Outgoing.stored(entry_id, key, entry, terminal=terminal)
+
+
+def _predecessor(key: StreamId) -> str:
+    """The greatest id before ``key``: reading after it starts at ``key`` itself."""
+    millis, sequence = key
+    return f"{millis}-{sequence - 1}" if sequence else f"{millis - 1}-{2**64 - 1}"
 
 
 def _is_terminal(message: dict[str, Any]) -> bool:

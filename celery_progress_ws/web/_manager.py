@@ -17,8 +17,8 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from .._async_publisher import AsyncProgressPublisher
-from .._codec import decode_entry, is_valid_stream_id, make_entry, parse_stream_id
-from .._errors import ConnectionRefused, MalformedEntry
+from .._codec import is_valid_stream_id, make_entry, terminal_status
+from .._errors import ConnectionRefused
 from .._keys import validate_channel, validate_operation_id
 from .._schemas import CHUNKING_PROGRESS
 from .._settings import ProgressSettings
@@ -26,11 +26,12 @@ from ._connections import Connections
 from ._hub import Hub
 from ._leases import RedisUserCount
 from ._outbox import Outgoing
+from ._reads import NewestReader
 from ._redis_source import RedisSource, command_client, pubsub_client
 from ._registry import ConnectionKey
 from ._session import Session
 from ._source import SourceUnavailable, Topic, TopicKind
-from ._state import OperationGetter, current_state, snapshot
+from ._state import OperationGetter, current_state, has_status_and_progress, snapshot
 from ._subscriber import CLOSE_COMPLETED
 from ._websocket import ClientInput, WebSocketTransport, refuse, serve
 
@@ -59,8 +60,14 @@ class ProgressManager:
             history_batch=self.settings.history_batch,
             max_entry_bytes=self.settings.max_entry_bytes,
             retry_max_seconds=self.settings.reconnect_max_seconds,
+            clock=self._source.now_ms,
         )
         self._source.bind(self._hub)
+        self._reads = NewestReader(
+            self._source,
+            max_entry_bytes=self.settings.max_entry_bytes,
+            wait_seconds=self.settings.socket_timeout_seconds,
+        )
         self._publisher = AsyncProgressPublisher(self.redis, self.settings, on_failure=self._publish_failed)
         self._user_count = RedisUserCount(
             self.redis,
@@ -297,36 +304,36 @@ class ProgressManager:
     async def snapshot(self, operation_id: str) -> dict[str, Any] | None:
         """Latest status, latest progress and last entry id of an operation; ``None`` when nothing is known.
 
-        Raises ``SourceUnavailable`` when Redis cannot be read.
+        The newest entries are read in small batches until a status and a progress are found (at most 256 entries;
+        entries over ``max_entry_bytes`` are skipped). Raises ``SourceUnavailable`` when Redis cannot be read in time.
         """
         topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
-        newest = await self._source.read_latest(topic, self.settings.history_batch)
+        newest = await self._reads.newest(topic, has_status_and_progress)
         return snapshot(operation_id, newest, await self._current_state(operation_id))
 
     async def read_entries(self, operation_id: str, count: int | None = None) -> list[dict[str, Any]]:
-        """The newest ``count`` (default ``history_batch``) well-formed entries of an operation, newest first.
+        """Well-formed entries among the newest ``count`` (default ``history_batch``) of an operation, newest first.
 
-        Raises ``SourceUnavailable`` when Redis cannot be read.
+        Entries over ``max_entry_bytes`` are skipped. Raises ``SourceUnavailable`` when Redis cannot be read in time.
         """
         topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
-        newest = await self._source.read_latest(topic, count or self.settings.history_batch)
-        entries = []
-        for _, message in newest:
-            with contextlib.suppress(MalformedEntry):
-                entries.append(decode_entry(message or ""))
-        return entries
+        limit = count or self.settings.history_batch
+        newest = await self._reads.newest(topic, lambda entries: False, limit)
+        return [entry for _, entry in newest.entries]
 
     async def is_finished(self, operation_id: str, last_event_id: str) -> bool:
-        """Whether ``last_event_id`` is at or after the operation's terminal entry (nothing more will come)."""
+        """Whether ``last_event_id`` is the operation's newest entry and that entry is terminal (nothing will come).
+
+        An id after the newest entry is not: the stream never issued it (the client gets a gap, then the stream).
+        """
         topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
         try:
-            newest = await self._source.read_latest(topic, 1)
+            newest = await self._reads.newest(topic, lambda entries: True, 1)
         except SourceUnavailable:
             return False
-        if not newest or newest[0][1] is None or parse_stream_id(newest[0][0]) > parse_stream_id(last_event_id):
-            return False
-        item = self._hub.decode(topic, *newest[0])
-        return item is not None and item.terminal
+        return any(
+            entry_id == last_event_id and terminal_status(entry) is not None for entry_id, entry in newest.entries
+        )
 
     async def cleanup_stream(self, operation_id: str) -> None:
         """Delete an operation's stream (when it is finished or deleted) to free Redis memory."""

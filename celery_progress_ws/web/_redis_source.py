@@ -4,6 +4,9 @@ The pub/sub connection is subscribed to the live channel of every topic with a l
 carries its stream id (``APPEND_SCRIPT`` publishes ``"<id> <json>"``), so nothing is read back for live delivery.
 When the connection drops, the source tells the hub (which starts buffering and re-reading), reconnects with capped
 exponential backoff for as long as it takes, resubscribes, compares Redis' ``run_id`` and tells the hub again.
+
+Commands are bounded in time: each one fails after the socket timeout (a timeout is not retried), waiting for the
+command connection is bounded by the same timeout, and while Redis is stalled reads fail fast (see ``StallGuard``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 from typing import Any
 
@@ -28,6 +32,7 @@ from .._errors import MalformedEntry
 from .._keys import KeySpace
 from .._settings import ProgressSettings
 from ._source import RawEntry, SourceListener, SourceUnavailable, StreamInfo, Topic, TopicKind
+from ._stall import StallGuard
 from ._tasks import stop_task
 
 logger = logging.getLogger(__name__)
@@ -41,14 +46,18 @@ BACKOFF_FIRST_SECONDS = 0.05
 
 
 def command_client(settings: ProgressSettings) -> Redis:
-    """A client on a bounded blocking pool (redis-py's default pool stalls silently past 100 connections)."""
+    """A client on a bounded blocking pool (redis-py's default pool stalls silently past 100 connections).
+
+    Waiting for the connection is bounded by the socket timeout (then ``ConnectionError``); a dropped connection is
+    retried once on a new one, a timeout is not (retrying a stalled server only doubles the wait).
+    """
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=COMMAND_CONNECTIONS,
-        timeout=None,
+        timeout=settings.socket_timeout_seconds,
         socket_timeout=settings.socket_timeout_seconds,
         socket_connect_timeout=settings.socket_timeout_seconds,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis(connection_pool=pool)
 
@@ -91,10 +100,18 @@ class RedisSource:
         self._task: asyncio.Task[None] | None = None
         self._first_attempt = asyncio.Event()
         self._available = False
+        self._guard = StallGuard()
+        self._clock_offset_ms = 0.0
+        """Redis' clock minus this process' clock, measured at each connect (0 when the server does not tell)."""
+        self._read_error_logged = False
 
     @property
     def available(self) -> bool:
         return self._available
+
+    def now_ms(self) -> float:
+        """Redis' current time in milliseconds (the time its new stream ids carry), as measured at the last connect."""
+        return time.time() * 1000 + self._clock_offset_ms
 
     def bind(self, listener: SourceListener) -> None:
         self._listener = listener
@@ -170,24 +187,31 @@ class RedisSource:
 
     async def read_after(self, topic: Topic, after: str | None, count: int) -> list[RawEntry]:
         start = "-" if after is None else "(" + after
-        return await self._read(topic, self._commands.xrange(self._stream(topic), min=start, max="+", count=count))
+        stream = self._stream(topic)
+        return await self._read(topic, lambda: self._commands.xrange(stream, min=start, max="+", count=count))
 
-    async def read_latest(self, topic: Topic, count: int) -> list[RawEntry]:
-        return await self._read(topic, self._commands.xrevrange(self._stream(topic), max="+", min="-", count=count))
+    async def read_latest(self, topic: Topic, count: int, before: str | None = None) -> list[RawEntry]:
+        end = "+" if before is None else "(" + before
+        stream = self._stream(topic)
+        return await self._read(topic, lambda: self._commands.xrevrange(stream, max=end, min="-", count=count))
 
     async def _read(self, topic: Topic, command: Any) -> list[RawEntry]:
         try:
-            rows = await command
+            rows = await self._guard.run(command)
         except DOWN as exc:
             raise SourceUnavailable("reading the stream failed") from exc
         except ResponseError as exc:  # e.g. a key of another type under the stream's name
-            logger.warning("Cannot read the stream of %s %r: %s", topic.kind, topic.name, exc)
+            # Once per process at WARNING: whatever causes it must not log once per connection.
+            level = logging.DEBUG if self._read_error_logged else logging.WARNING
+            self._read_error_logged = True
+            logger.log(level, "Cannot read the stream of %s %r: %s", topic.kind, topic.name, exc)
             return []
         return [(_text(entry_id), _message(fields)) for entry_id, fields in rows]
 
     async def info(self, topic: Topic) -> StreamInfo | None:
+        stream = self._stream(topic)
         try:
-            raw = await self._commands.xinfo_stream(self._stream(topic))
+            raw = await self._guard.run(lambda: self._commands.xinfo_stream(stream))
         except DOWN as exc:
             raise SourceUnavailable("XINFO failed") from exc
         except ResponseError:  # no such key (or not a stream)
@@ -241,7 +265,10 @@ class RedisSource:
         pubsub = self._client.pubsub()
         try:
             await pubsub.connect()  # type: ignore[no-untyped-call]
-            run_id = str((await self._commands.info("server")).get("run_id", ""))
+            asked = time.time() * 1000
+            server = await self._commands.info("server")
+            run_id = str(server.get("run_id", ""))
+            self._clock_offset_ms = _clock_offset_ms(server, (asked + time.time() * 1000) / 2)
             async with self._send_lock:
                 self._generation += 1
                 self._pubsub = pubsub
@@ -309,6 +336,15 @@ class RedisSource:
             self._listener.on_lost()
         with contextlib.suppress(*DOWN):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _clock_offset_ms(server: dict[str, Any], local_ms: float) -> float:
+    """Redis' clock (``server_time_usec`` of ``INFO server``, Redis 7+) minus ``local_ms``; 0 when not reported."""
+    reported = server.get("server_time_usec")
+    try:
+        return int(reported) / 1000 - local_ms if reported is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _text(value: bytes | str) -> str:

@@ -77,8 +77,8 @@ class StreamSource(Protocol):
     async def read_after(self, topic: Topic, after: str | None, count: int) -> list[RawEntry]:
         """Up to ``count`` entries with an id greater than ``after`` (all when ``None``), oldest first."""
 
-    async def read_latest(self, topic: Topic, count: int) -> list[RawEntry]:
-        """Up to ``count`` of the newest entries, newest first."""
+    async def read_latest(self, topic: Topic, count: int, before: str | None = None) -> list[RawEntry]:
+        """Up to ``count`` of the newest entries (with an id less than ``before``, if given), newest first."""
 
     async def info(self, topic: Topic) -> StreamInfo | None:
         """Stream metadata, or ``None`` when the stream does not exist."""

@@ -8,10 +8,8 @@ from datetime import date, datetime
 from enum import Enum
 from typing import Any
 
-from .._codec import decode_entry
-from .._errors import MalformedEntry
 from .._schemas import CHUNKING_PROGRESS, CURRENT_STATE, STATUS_UPDATE, utc_now_iso
-from ._source import RawEntry
+from ._reads import Decoded, Newest
 
 OperationGetter = Callable[[str], "Awaitable[object | None] | object | None"]
 """``getter(operation_id)``, sync or async: ``None`` (unknown), a mapping (sent as ``data`` as is), or an object.
@@ -52,16 +50,17 @@ def _plain(value: object) -> object:
     return value
 
 
-def snapshot(operation_id: str, newest_first: list[RawEntry], state: dict[str, Any] | None) -> dict[str, Any] | None:
+def has_status_and_progress(entries: list[Decoded]) -> bool:
+    """Whether a snapshot can stop reading: it has found the newest status and the newest progress."""
+    types = {entry["type"] for _, entry in entries}
+    return STATUS_UPDATE in types and CHUNKING_PROGRESS in types
+
+
+def snapshot(operation_id: str, newest: Newest, state: dict[str, Any] | None) -> dict[str, Any] | None:
     """An operation's JSON snapshot from its newest entries (and ``current_state``); ``None`` if nothing is known."""
-    if not newest_first and state is None:
+    if newest.newest_id is None and state is None:
         return None
-    entries = []
-    for _, message in newest_first:
-        try:
-            entries.append(decode_entry(message or ""))
-        except MalformedEntry:
-            continue
+    entries = [entry for _, entry in newest.entries]
     status = next((entry["data"] for entry in entries if entry["type"] == STATUS_UPDATE), None)
     progress = next((entry["data"] for entry in entries if entry["type"] == CHUNKING_PROGRESS), None)
     state_data = state["data"] if state is not None else None
@@ -70,7 +69,7 @@ def snapshot(operation_id: str, newest_first: list[RawEntry], state: dict[str, A
         "status": (status or state_data or {}).get("status"),
         "status_data": status,
         "progress": progress,
-        "last_event_id": newest_first[0][0] if newest_first else None,
+        "last_event_id": newest.newest_id,
         "updated_at": entries[0]["timestamp"] if entries else None,
         "current_state": state_data,
     }

@@ -78,6 +78,12 @@ class Subscriber:
         if self._gap is None or reason is GapReason.REDIS_RESTARTED:
             self._gap = (reason, self.last_id)
 
+    def rewind(self, reason: GapReason) -> None:
+        """Forget a position the stream never issued: a gap message, then the stream from its start (next read)."""
+        self._gap = (reason, self.last_id)
+        self.position = None
+        self.last_id = None
+
     def begin_catch_up(self) -> None:
         """Buffer live entries again and ask for another catch-up round (after the live connection was lost)."""
         self.catching_up = True

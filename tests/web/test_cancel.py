@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 from celery import Celery, group
 from celery.worker import state as worker_state
 from harness import ThreadServer, eventually, receive_json, receive_until_closed, ws_url
@@ -16,6 +17,7 @@ from websockets.asyncio.client import connect
 from celery_progress_ws import ProgressSettings, track
 from celery_progress_ws._aggregate import aggregate_children
 from celery_progress_ws.web import ProgressManager
+from devtools.servers import PrivateRedis
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +106,29 @@ async def test_cancel_of_an_aggregate_revokes_every_child(
         await eventually(lambda: all(child in worker_state.revoked for child in children), within=10)
     finally:
         await cancel_server.call(cancel_server.manager.redis.set(release, 1, ex=60))
+
+
+async def test_cancels_use_the_managers_connections_not_one_per_request(
+    progress_worker: Celery, web_settings: ProgressSettings, private_redis: PrivateRedis
+) -> None:
+    """50 cancel requests (404s, 202s and 409s) open no Redis connection of their own (`total_connections_received`)."""
+    settings = web_settings.model_copy(update={"redis_url": private_redis.url, "cancel_terminate": False})
+    manager = ProgressManager(settings=settings)
+    server = ThreadServer(manager, build_app(manager, celery_app=progress_worker))
+    server.start()
+    counter = redis.Redis.from_url(private_redis.url)
+    try:
+        running = [f"op-{uuid.uuid4().hex[:8]}" for _ in range(10)]
+        for operation in running:
+            await server.call(manager.send_update(operation, "status_update", {"status": "started"}))
+        targets = running * 2 + [f"op-unknown-{n}" for n in range(30)]
+        async with httpx.AsyncClient(timeout=10, headers={"x-user": "alice"}) as client:
+            await client.post(cancel_url(server, "op-warm-up"))  # the manager's command connection exists now
+            before = counter.info("stats")["total_connections_received"]
+            statuses = [(await client.post(cancel_url(server, operation))).status_code for operation in targets]
+            after = counter.info("stats")["total_connections_received"]
+        assert sorted(set(statuses)) == [202, 404, 409]
+        assert after - before <= 1  # the counting client's own reconnect, at most
+    finally:
+        counter.close()
+        server.stop()

@@ -366,6 +366,30 @@ async def test_falls_back_to_sse_and_reads_every_message_type(
 
 
 @pytest.mark.integration
+async def test_an_ahead_of_stream_gap_makes_the_client_forget_its_last_id(
+    node_command: list[str], tmp_path: Path, scripted: ScriptedServer
+) -> None:
+    """After an `ahead_of_stream` gap the client takes the stream from its start, though its ids are lower."""
+    gap = {
+        "type": "history_gap",
+        "timestamp": "2026-01-01T00:00:00+00:00",
+        "data": {"reason": "ahead_of_stream", "after_id": "99-0", "resumes_at": "1-0"},
+    }
+    scripted.scripts["op"] = [
+        [
+            ("send", gap),
+            ("send", progress("1-0", 50)),
+            ("send", status("2-0", "completed")),
+            ("close", 1000, "Operation completed"),
+        ]
+    ]
+    options = {"transport": "websocket", "lastEventId": "99-0"}
+    records = await run_client(node_command, tmp_path, scripted, "op", options=options)
+    assert [r["id"] for r in of(records, "message") if r["id"]] == ["1-0", "2-0"]
+    assert (records[-1]["reason"], records[-1]["status"], records[-1]["last"]) == ("finished", "completed", "2-0")
+
+
+@pytest.mark.integration
 async def test_sse_resumes_with_last_event_id_and_parses_crlf(
     node_command: list[str], tmp_path: Path, scripted: ScriptedServer
 ) -> None:

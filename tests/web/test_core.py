@@ -255,6 +255,23 @@ async def test_hub_skips_malformed_entries() -> None:
     assert await consume(subscriber) == [good]
 
 
+async def test_hub_keeps_live_order_behind_a_terminal_entry_it_confirms_and_drops_an_unconfirmed_one() -> None:
+    """A live terminal entry is read back before it is delivered, entries announced after it wait behind it, and a
+    terminal announcement the stream does not have is not delivered at all."""
+    source = FakeSource()
+    hub = Hub(source, history_batch=10, max_entry_bytes=10_000, retry_max_seconds=0.01)
+    source.listener = hub
+    subscriber = Subscriber(TOPIC, capacity=10)
+    hub.attach(subscriber)
+    first = source.append(TOPIC)
+    assert await next_id(subscriber) == first
+    completed = json.dumps({"timestamp": "t", "type": "status_update", "data": {"status": "completed"}})
+    hub.on_entry(TOPIC, "1001-5", completed)  # announced, never stored
+    source.append_raw(TOPIC, "1002-0", completed)
+    source.append_raw(TOPIC, "1003-0", json.dumps({"timestamp": "t", "type": "note", "data": {}}))
+    assert await consume(subscriber) == ["1002-0"]
+
+
 async def test_hub_unsubscribes_a_topic_when_its_last_subscriber_leaves() -> None:
     """The live channel stays subscribed while anyone watches and is dropped after the last one leaves."""
     source = FakeSource()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -13,9 +14,11 @@ import pytest
 from harness import SseEvent, ThreadServer, receive_json, receive_until_closed, sse_events, ws_url
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws._async_publisher import AsyncProgressPublisher
+from celery_progress_ws._keys import KeySpace
 from celery_progress_ws.web import ProgressManager
 
 pytestmark = pytest.mark.integration
@@ -287,3 +290,33 @@ async def test_manager_accepts_a_ready_made_decoding_client(
         await server.call(client.aclose())
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_the_greatest_stream_id_is_refused_as_a_resume_id(server: ThreadServer, transport: str) -> None:
+    """`last_event_id` = the greatest stream id (nothing can follow it) is refused like any invalid id."""
+    greatest = f"{2**64 - 1}-{2**64 - 1}"
+    operation = new_operation()
+    if transport == "sse":
+        async with httpx.AsyncClient(timeout=10) as client:
+            url = f"{server.http}/progress/operations/{operation}/events?last_event_id={greatest}"
+            assert (await client.get(url, headers={"x-user": "alice"})).status_code == 400
+        return
+    async with connect(ws_url(server, operation, last_event_id=greatest)) as websocket:
+        with pytest.raises(ConnectionClosed):
+            await receive_json(websocket)
+    assert websocket.close_code == 1008
+
+
+async def test_an_unreadable_stream_logs_one_warning_not_one_per_connection(
+    server: ThreadServer, web_settings: ProgressSettings, raw_redis: Redis, progress_log: list[logging.LogRecord]
+) -> None:
+    """A key of another type under a stream's name is reported once, however many clients connect to it."""
+    operation = new_operation()
+    await raw_redis.set(KeySpace(web_settings.key_prefix).stream(operation), "not a stream")
+    for _ in range(3):
+        async with connect(ws_url(server, operation, last_event_id="1-0")) as websocket:
+            gap = await receive_json(websocket)  # sent once the stream has been read
+            assert gap["data"]["reason"] == "stream_missing"
+    warnings = [record for record in progress_log if record.levelno >= logging.WARNING]
+    assert [record.getMessage() for record in warnings if "Cannot read" in record.getMessage()][1:] == []

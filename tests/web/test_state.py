@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import celery_progress_ws.web as web
+from celery_progress_ws.web._reads import Newest
 from celery_progress_ws.web._state import current_state, snapshot
 
 
@@ -57,22 +58,20 @@ def entry(entry_type: str, data: dict[str, Any]) -> str:
 
 
 def test_snapshot_picks_the_newest_status_and_progress() -> None:
-    """The snapshot reports the newest status and progress, the newest id, and skips malformed entries."""
-    newest_first: list[tuple[str, bytes | str | None]] = [
-        ("5-0", "garbage"),
-        ("4-0", entry("chunking_progress", {"documents_processed": 3})),
-        ("3-0", entry("status_update", {"status": "started"})),
-        ("2-0", entry("chunking_progress", {"documents_processed": 1})),
-        ("1-0", entry("status_update", {"status": "queued"})),
+    """The snapshot reports the newest status and progress, and the stream's newest id even if that entry is skipped."""
+    entries = [
+        ("4-0", json.loads(entry("chunking_progress", {"documents_processed": 3}))),
+        ("3-0", json.loads(entry("status_update", {"status": "started"}))),
+        ("2-0", json.loads(entry("chunking_progress", {"documents_processed": 1}))),
     ]
-    found = snapshot("op", newest_first, None)
+    found = snapshot("op", Newest("5-0", entries), None)
     assert found is not None
     assert found["status"] == "started"
     assert found["progress"] == {"documents_processed": 3}
     assert found["last_event_id"] == "5-0"
     assert found["updated_at"] == "t-chunking_progress"
-    assert snapshot("op", [], None) is None
-    state_only = snapshot("op", [], {"type": "current_state", "data": {"status": "queued"}})
+    assert snapshot("op", Newest(), None) is None
+    state_only = snapshot("op", Newest(), {"type": "current_state", "data": {"status": "queued"}})
     assert state_only is not None
     assert state_only["status"] == "queued"
 

@@ -8,7 +8,7 @@
 // ----------------------------------------------------------------------------------------------------
 
 /** Why a `history_gap` was sent. */
-export type GapReason = "trimmed" | "stream_missing" | "redis_restarted";
+export type GapReason = "trimmed" | "stream_missing" | "redis_restarted" | "ahead_of_stream";
 
 /** Lifecycle states carried by `status_update` entries. */
 export type TaskStatus = "queued" | "started" | "retrying" | "completed" | "failed" | "cancelled";

@@ -156,6 +156,9 @@ export function subscribe(operationId, options = {}) {
       emit("onError", problem(activeTransport, "received a message that is not a progress message", null));
       return;
     }
+    if (message.type === "history_gap" && message.data?.reason === "ahead_of_stream") {
+      lastEventId = null; // the server did not know our last id and sends the stream again from its start
+    }
     if (typeof message.id === "string") {
       if (parseEventId(message.id) === null) {
         emit("onError", problem(activeTransport, `received an invalid id ${JSON.stringify(message.id)}`, null));
