@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from ._errors import EntryTooLarge, MalformedEntry
+from ._jsonsafe import json_safe, json_safe_fields
 from ._schemas import STATUS_UPDATE, TERMINAL_STATUSES, TaskStatus, utc_now_iso
 from ._settings import ProgressSettings
 
@@ -17,9 +19,9 @@ LIVE_SEPARATOR = " "
 
 StreamId = tuple[int, int]
 
-# Built once: json.dumps() with non-default options constructs a new encoder on every call.
-_encode_strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str).encode
-_encode_lenient = json.JSONEncoder(separators=(",", ":"), default=str).encode
+# Built once: json.dumps() with non-default options constructs a new encoder on every call. Values reach it converted
+# by json_safe (no NaN, no cycles, nothing json cannot write), so it checks neither.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False).encode
 
 
 def make_entry(entry_type: str, data: dict[str, Any], timestamp: str | None = None) -> dict[str, Any]:
@@ -28,28 +30,22 @@ def make_entry(entry_type: str, data: dict[str, Any], timestamp: str | None = No
 
 
 def encode_entry(entry: dict[str, Any], max_bytes: int) -> str:
-    """Encode an entry to compact JSON; values JSON cannot represent become their ``str()``.
+    """Encode an entry to compact JSON, its values converted by the rules of ``_jsonsafe`` (``data`` field by field).
 
-    Raises ``EntryTooLarge`` when the result exceeds ``max_bytes`` (UTF-8).
+    Raises ``TypeError``/``ValueError`` naming the field of a value the rules refuse, and ``EntryTooLarge`` when the
+    result exceeds ``max_bytes`` (UTF-8).
     """
-    try:
-        text = _encode_strict(entry)
-    except ValueError:  # NaN or infinity somewhere in data
-        text = _encode_lenient(_replace_non_finite(entry))
+    safe: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key == "data" and isinstance(value, Mapping):
+            safe[key] = json_safe_fields(value, "data.")
+        else:
+            safe[key] = value if value.__class__ is str else json_safe(value, key)
+    text = _encode(safe)
     size = len(text) if text.isascii() else len(text.encode())
     if size > max_bytes:
         raise EntryTooLarge(f"encoded entry is {size} bytes; the limit is {max_bytes}")
     return text
-
-
-def _replace_non_finite(value: Any) -> Any:
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {key: _replace_non_finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_replace_non_finite(item) for item in value]
-    return value
 
 
 def decode_entry(message: str | bytes) -> dict[str, Any]:

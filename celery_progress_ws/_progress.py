@@ -12,8 +12,15 @@ Behaviour for unusual values (``report_progress`` and ``ProgressPublisher.progre
 - ``total == 0`` means "nothing to do": the percentage is 100.
 - ``total=None`` means "unknown": percentage and ETA are ``None``; the rate is still computed.
 - Extra fields must not reuse a computed field's name: a report that is published raises ``TypeError`` (the first
-  report always is, so the mistake shows at once); a held-back value keeps the computed values. Values JSON cannot
-  represent are written as their ``str()``, and so is a ``message`` that is not a string.
+  report always is, so the mistake shows at once); a held-back value keeps the computed values.
+- Extra field values are converted on every call, held back or not, before anything is stored, by the rules of
+  ``celery_progress_ws._jsonsafe``: str/int/bool/None as they are, NaN and ±infinity as null, datetime/date/time as
+  ISO 8601, an Enum as its value, UUID/Decimal/paths as their ``str()``, bytes as UTF-8 text (invalid bytes
+  replaced), tuples and sets as lists (sets sorted when they can be), mappings as objects, anything else as its
+  ``str()``. A mapping key that is not str/int/float/bool/None, or a ``str()`` that raises, is a ``TypeError``;
+  a container inside itself or nesting deeper than 32 levels is a ``ValueError``; each names the field. So nothing a
+  caller passes can fail later, when a held-back value is written. A ``message`` that is not a str becomes its
+  ``str()`` at call time (``TypeError`` if that raises).
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from typing import Any
 Count = int | float
 
 RawProgress = tuple[Count, Count | None, str | None, dict[str, Any] | None, float]
-"""``(current, total, message, extra fields, time.monotonic() of the call)``, exactly as ``report_progress`` got it."""
+"""``(current, total, message, extra fields, time.monotonic() of the call)``, the counts checked and the message and
+fields converted, as ``report_progress`` accepted them."""
 
 COMPUTED_FIELDS = frozenset(
     {"progress_percentage", "documents_processed", "total_documents", "message", "rate", "eta_seconds"}
@@ -75,7 +83,7 @@ class ProgressMeter:
             "total_documents": total,
             "chunks_created": None,
             "current_document": None,
-            "message": None if message is None else str(message),
+            "message": message,
             "rate": None if rate is None else round(rate, 3),
             "eta_seconds": eta_seconds(current, total, rate),
         }

@@ -30,6 +30,7 @@ import redis
 from ._buffer import Rank
 from ._codec import encode_entry, make_entry, ttl_for
 from ._errors import InvalidOperationId, ProgressError
+from ._jsonsafe import PLAIN_TYPES, json_safe_fields, text_of
 from ._keys import KeySpace
 from ._progress import COMPUTED_FIELDS, Count, ProgressMeter, RawProgress, check_count, check_fields
 from ._redis_write import AppendCall, OperationAppender
@@ -45,6 +46,9 @@ MAX_CACHED_OPERATIONS = 4096
 
 IDLE_SWEEP_SECONDS = 60.0
 """How often the background thread forgets the state of operations idle for ``stream_ttl_seconds``."""
+
+MIN_FAILURE_PAUSE_SECONDS = 0.05
+"""The shortest pause of the background thread after a failed pass, whatever ``retry_interval_seconds`` says."""
 
 _INF = float("inf")
 _monotonic = time.monotonic
@@ -99,7 +103,9 @@ class ProgressPublisher:
         """Write one entry now, after the operation's held-back progress value if there is one.
 
         ``final`` also forgets the operation's throttle and rate state (for the entry that ends a task attempt).
-        Raises ``InvalidOperationId`` or ``EntryTooLarge`` (both ``ValueError``) before anything is written.
+        ``data`` is converted by the rules of ``celery_progress_ws._jsonsafe``. Raises ``InvalidOperationId``,
+        ``EntryTooLarge`` or the ``TypeError``/``ValueError`` of a refused value before anything is written or
+        forgotten; the held-back value written first never raises (one that cannot be encoded is logged and skipped).
         """
         message = encode_entry(make_entry(entry_type, data), self.settings.max_entry_bytes)
         call = self._call(operation_id, message, ttl_for(self.settings, entry_type, data))
@@ -124,11 +130,34 @@ class ProgressPublisher:
     ) -> PublishResult:
         """Report progress, throttled per operation; see ``report_progress`` for the rules and the computed fields.
 
-        A value the throttle holds back while an earlier one waits costs two number checks, a clock read and a tuple:
-        no lock, no I/O, no JSON, no validation model. Extra ``fields`` named like computed ones raise ``TypeError``
-        when the report is published.
+        ``fields`` and ``message`` are converted (or refused with ``TypeError``/``ValueError``) by the rules of
+        ``celery_progress_ws._jsonsafe`` before anything is stored. A value the throttle holds back while an earlier
+        one waits costs a type check per field, two number checks, a clock read and a tuple: no lock, no I/O, no JSON.
+        Extra ``fields`` named like computed ones raise ``TypeError`` when the report is published.
         """
-        # Inline checks for the common int/float cases; check_count handles (or refuses) everything else.
+        if fields:  # a copy: a change the caller makes later must not reach a held-back value
+            fields = dict(fields) if all(key.__class__ is str for key in fields) else json_safe_fields(fields)
+        return self._report(operation_id, current, total, message, fields, force)
+
+    def _report(
+        self,
+        operation_id: str,
+        current: Count,
+        total: Count | None,
+        message: str | None,
+        fields: dict[str, Any] | None,
+        force: bool,
+    ) -> PublishResult:
+        """``progress`` for ``fields`` whose keys are all ``str`` (keyword arguments: ``report_progress`` calls it)."""
+        # Inline checks for the common cases: plain field values, a str message, int/float counts. The full
+        # conversion (json_safe_fields, text_of, check_count) handles or refuses everything else.
+        if fields:
+            for value in fields.values():
+                if type(value) not in PLAIN_TYPES:
+                    fields = json_safe_fields(fields)
+                    break
+        if message.__class__ is not str and message is not None:
+            message = text_of(message, "message")
         if not ((current.__class__ is int and current >= 0) or (current.__class__ is float and 0 <= current < _INF)):
             current = check_count(current, "current")
         if total is not None and not (
@@ -234,11 +263,17 @@ class ProgressPublisher:
         return self._call(operation_id, message, self.settings.stream_ttl_seconds)
 
     def _enqueue_trailing(self, operation_id: str, raw: RawProgress) -> None:
-        """Buffer a held-back value (lock held); one too large to encode is logged and skipped, never raised."""
+        """Buffer a held-back value (lock held); one that cannot be encoded is logged and skipped, never raised.
+
+        Its values were converted when it was reported, so only its size can fail; anything else is a bug, logged with
+        its traceback, and must not keep the entries behind it (the terminal status above all) from being written.
+        """
         try:
             self._writer.buffer.append(self._progress_call(operation_id, raw, _wall_clock(raw[4])), Rank.PROGRESS)
         except ProgressError as exc:
             logger.warning("celery-progress-ws: skipped a held-back progress value of %s: %s", operation_id, exc)
+        except Exception:
+            logger.exception("celery-progress-ws: skipped a held-back progress value of %s", operation_id)
 
     # -- background thread ------------------------------------------------------------------------------------------
 
@@ -256,24 +291,41 @@ class ProgressPublisher:
             self._thread.start()
 
     def _run(self, generation: int) -> None:
-        """Publish held-back values when they are due, retry the buffer while Redis is down, forget idle state."""
+        """Publish held-back values when they are due, retry the buffer while Redis is down, forget idle state.
+
+        An unexpected exception in one pass is logged and the loop goes on after ``retry_interval_seconds``, so a bug
+        can neither end the thread (stranding every later held-back value) nor make it spin.
+        """
+        sweep_at: float | None = _monotonic() + IDLE_SWEEP_SECONDS
+        while sweep_at is not None:
+            try:
+                sweep_at = self._run_once(generation, sweep_at)
+            except Exception:
+                logger.exception("celery-progress-ws: the publisher's background pass failed; retrying")
+                pause_until = _monotonic() + max(self.settings.retry_interval_seconds, MIN_FAILURE_PAUSE_SECONDS)
+                with self._lock:
+                    while generation == self._generation and (delay := pause_until - _monotonic()) > 0:
+                        self._wakeup.wait(delay)
+
+    def _run_once(self, generation: int, sweep_at: float) -> float | None:
+        """Wait until there is something to do and do it; return the next sweep time, ``None`` once the thread's
+        generation has ended."""
         writer = self._writer
-        sweep_at = _monotonic() + IDLE_SWEEP_SECONDS
-        while True:
-            with self._lock:
-                while generation == self._generation and (delay := self._next_wake(sweep_at)) > 0:
-                    self._wakeup.wait(delay)
-                if generation != self._generation:
-                    return
-                for operation_id, raw in self._throttle.take_due():
-                    self._enqueue_trailing(operation_id, raw)
-                retry = not writer.healthy and _monotonic() >= writer.retry_at
-                write = writer.healthy and len(writer.buffer) > 0
-            if retry or write:
-                writer.drain(probe=retry)
-            if _monotonic() >= sweep_at:
-                sweep_at = _monotonic() + IDLE_SWEEP_SECONDS
-                self._forget_idle()
+        with self._lock:
+            while generation == self._generation and (delay := self._next_wake(sweep_at)) > 0:
+                self._wakeup.wait(delay)
+            if generation != self._generation:
+                return None
+            for operation_id, raw in self._throttle.take_due():
+                self._enqueue_trailing(operation_id, raw)
+            retry = not writer.healthy and _monotonic() >= writer.retry_at
+            write = writer.healthy and len(writer.buffer) > 0
+        if retry or write:
+            writer.drain(probe=retry)
+        if _monotonic() >= sweep_at:
+            sweep_at = _monotonic() + IDLE_SWEEP_SECONDS
+            self._forget_idle()
+        return sweep_at
 
     def _next_wake(self, sweep_at: float) -> float:
         """Seconds until the background thread has something to do (lock held)."""

@@ -49,9 +49,12 @@ def report_progress(
     value is written when the interval ends, or at the latest just before the task's terminal status. Entries carry
     ``progress_percentage``, ``documents_processed`` (= current), ``total_documents`` (= total), ``chunks_created``,
     ``current_document``, ``message``, ``rate`` (items/s since the operation's first report), ``eta_seconds`` and the
-    extra ``fields``. Bad values: see ``celery_progress_ws._progress``; they raise ``TypeError``/``ValueError``, as
-    does an entry over ``max_entry_bytes`` (``EntryTooLarge``) when it is published; a held-back one is logged and
-    skipped. Never raises for Redis trouble: the result says whether the entry was sent, throttled, buffered or dropped.
+    extra ``fields``. Counts, ``message`` and extra field values are checked and converted on every call, held back or
+    not (datetimes to ISO 8601, sets to lists, NaN to null, other objects to their ``str()``...; the rules are in
+    ``celery_progress_ws._progress``); what the rules refuse (a tuple as a mapping key, a circular structure, a
+    ``str()`` that raises) raises ``TypeError``/``ValueError`` here, naming the field, and is never stored. An entry
+    over ``max_entry_bytes`` raises ``EntryTooLarge`` when it is published; a held-back one is logged and skipped.
+    Never raises for Redis trouble: the result says whether the entry was sent, throttled, buffered or dropped.
     """
     scope = _local.scope
     if scope is None:
@@ -64,7 +67,7 @@ def report_progress(
             operation_id = scope.task_id
         elif operation_id != scope.task_id:
             scope.operations.add(operation_id)
-    result = publisher.progress(operation_id, current, total, message, fields, force)
+    result = publisher._report(operation_id, current, total, message, fields, force)  # keyword names are str
     if _aggregate_children and operation_id in _aggregate_children:
         _child_progress(publisher, operation_id, current, total)
     return result
@@ -74,7 +77,8 @@ def send_event(type: str, data: Mapping[str, Any] | None = None, *, operation_id
     """Write a free-form entry (e.g. ``chunking_document_complete``) to the operation's stream, unthrottled.
 
     It lands after any progress value reported before it. ``type`` is 1-64 characters of ``A-Z a-z 0-9 _ . : -`` and
-    not one of ``RESERVED_EVENT_TYPES`` (``ValueError``); ``data`` must be a mapping (``TypeError``).
+    not one of ``RESERVED_EVENT_TYPES`` (``ValueError``); ``data`` must be a mapping (``TypeError``) whose values are
+    converted by the same rules as ``report_progress`` fields (refused ones raise here, naming ``data.<field>``).
     """
     if not isinstance(type, str) or not _EVENT_TYPE.fullmatch(type):
         raise ValueError(f"event type must be 1-64 characters of A-Z a-z 0-9 _ . : -, not {type!r}")

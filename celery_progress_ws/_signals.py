@@ -126,6 +126,8 @@ def _status(
             publisher.publish(task_id, STATUS_UPDATE, data, final=final)
     except ProgressError as exc:  # a custom task id that cannot be a key, or a tiny max_entry_bytes
         logger.warning("celery-progress-ws: no %s entry for task %s: %s", status.value, task_id, exc)
+    except Exception:  # a signal handler that raises would reach Celery: a task never fails because of progress
+        logger.exception("celery-progress-ws: no %s entry for task %s", status.value, task_id)
     _aggregate_hooks.child_status(publisher, task_id, status, data)
 
 
@@ -139,8 +141,17 @@ def _flush_domain_operations(scope: _context.TaskScope | None) -> None:
     if scope is None:
         return
     for operation_id in sorted(scope.operations):
-        scope.publisher.flush_operation(operation_id)
+        _flush(scope.publisher, operation_id)
     scope.operations.clear()
+
+
+def _flush(publisher: ProgressPublisher, operation_id: str) -> None:
+    """Write an operation's held-back value; an unexpected error is logged, never raised into Celery (and so never
+    keeps a status entry that follows from being written)."""
+    try:
+        publisher.flush_operation(operation_id)
+    except Exception:
+        logger.exception("celery-progress-ws: held-back progress of %s not flushed", operation_id)
 
 
 def _on_before_publish(sender: str | None = None, headers: Mapping[str, Any] | None = None, **_: Any) -> None:
@@ -189,7 +200,7 @@ def _on_postrun(sender: Task[Any, Any] | None = None, task_id: str | None = None
         return
     _flush_domain_operations(_scope_of(task_id))
     if _context.pop(task_id) is not None:  # Ignore/Reject end a task without a terminal signal: keep the last value
-        binding.publisher.flush_operation(task_id)
+        _flush(binding.publisher, task_id)
 
 
 def _on_retry(sender: Task[Any, Any] | None = None, request: Any = None, reason: Any = None, **_: Any) -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
 from celery import Celery
 from streams import ended, kinds, progress_values, read, statuses, stream_key, wait_for
-from worker_tasks import create_app
+from worker_tasks import check_odd_value_runs, create_app
 
-from celery_progress_ws import ProgressPublisher, ProgressSettings
+from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult
 from celery_progress_ws._signals import bindings, disable_events, enable_worker_events
 
 pytestmark = pytest.mark.integration
@@ -164,3 +166,63 @@ def test_apps_without_the_step_are_left_alone(redis_url: str, broker_namespace: 
     assert result.get() == 1
     assert not list(redis_client.scan_iter(match=f"*operation-progress:{result.id}"))
     assert all(binding.publisher is not publisher for binding in bindings())
+
+
+def test_odd_extra_values_are_converted_or_refused_and_never_stop_the_publisher(
+    progress_worker: Celery, module_settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """Each odd extra value (tuple keys, a cycle, a raising __str__, datetime, set, bytes, NaN, Enum, objects...) in a
+    real worker: the task ends with completed/failed, later held-back values of it and of other tasks still flow."""
+    check_odd_value_runs(progress_worker, redis_client, module_settings, pause=0.6)
+
+
+class BrokenPublisher(ProgressPublisher):
+    """A publisher whose ``publish`` fails unexpectedly (a bug, not a Redis outage: no server can cause it)."""
+
+    def publish(self, *args: Any, **kwargs: Any) -> PublishResult:
+        raise RuntimeError("injected publish failure")
+
+
+def test_a_status_that_cannot_be_published_is_logged_and_never_reaches_celery(
+    redis_url: str,
+    key_prefix: str,
+    broker_namespace: str,
+    progress_log: list[logging.LogRecord],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected error while writing started/completed is logged by the plugin; no signal handler raises."""
+    settings = ProgressSettings(redis_url=redis_url, key_prefix=key_prefix)
+    app = create_app(redis_url, broker_namespace, "unused", settings)
+    with BrokenPublisher(settings) as publisher:
+        enable_worker_events(app, publisher)
+        try:
+            result = app.tasks["cpws.count"].apply((2,))
+        finally:
+            disable_events(app)
+    assert result.get() == 2
+    assert [record.getMessage() for record in caplog.records if record.name.split(".")[0] == "celery"] == []
+    logged = [record for record in progress_log if record.exc_info is not None]
+    assert len(logged) == 2  # started and completed
+
+
+class FlushFailing(ProgressPublisher):
+    """A publisher whose ``flush_operation`` fails unexpectedly (a bug no Redis outage can cause)."""
+
+    def flush_operation(self, operation_id: str) -> None:
+        raise RuntimeError("injected flush failure")
+
+
+def test_a_domain_flush_that_fails_never_keeps_the_terminal_status_back(
+    redis_url: str, key_prefix: str, broker_namespace: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task that reported to a domain id still gets `completed` when flushing that domain's value fails."""
+    settings = ProgressSettings(redis_url=redis_url, key_prefix=key_prefix)
+    app = create_app(redis_url, broker_namespace, "unused", settings)
+    with FlushFailing(settings) as publisher:
+        enable_worker_events(app, publisher)
+        try:
+            result = app.tasks["cpws.events"].apply((f"batch-{uuid.uuid4().hex[:8]}",))
+        finally:
+            disable_events(app)
+    assert statuses(read(redis_client, settings, result.id)) == ["started", "completed"]
+    assert [record.getMessage() for record in caplog.records if record.name.split(".")[0] == "celery"] == []

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import sys
 import threading
 import time
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import redis
@@ -14,6 +18,8 @@ from streams import kinds, progress_values, read, stream_key, wait_for
 from celery_progress_ws import InvalidOperationId, ProgressPublisher, ProgressSettings, PublishResult
 from celery_progress_ws._codec import decode_live
 from celery_progress_ws._keys import KeySpace
+from celery_progress_ws._progress import RawProgress
+from celery_progress_ws._redis_write import AppendCall
 
 pytestmark = pytest.mark.integration
 
@@ -258,3 +264,142 @@ def test_a_forked_child_uses_its_own_connection_and_state(
     assert os.waitstatus_to_exitcode(status) == 0
     assert publisher.flush(timeout=2)
     assert kinds(read(redis_client, settings, "op-fork")) == ["progress:1", "child", "progress:2"]
+
+
+class Named:
+    def __str__(self) -> str:
+        return "named!"
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def circular() -> dict[str, object]:
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    return loop
+
+
+def test_a_refused_value_raises_at_the_call_and_nothing_is_stored(
+    publisher: ProgressPublisher, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """Tuple keys, cycles and raising __str__ raise TypeError/ValueError naming the field, held back or not; nothing
+    is buffered, held back or counted by the throttle."""
+    with pytest.raises(TypeError, match="bad"):
+        publisher.progress("op-refused", 1, 10, fields={"bad": Unprintable()})
+    assert publisher.progress("op-refused", 1, 10) is PublishResult.SENT  # the refused first report counted for nothing
+    refused: list[tuple[dict[object, object], type[Exception], str]] = [
+        ({"bad": {(1, 2): 3}}, TypeError, r"bad\[\(1, 2\)\]"),
+        ({"bad": circular()}, ValueError, r"bad\.self: circular"),
+        ({"bad": [Unprintable()]}, TypeError, r"bad\[0\]"),
+        ({(1, 2): "a tuple as a field name"}, TypeError, r"\(1, 2\)"),
+    ]
+    for fields, error, where in refused:
+        with pytest.raises(error, match=where):
+            publisher.progress("op-refused", 2, 10, fields=fields)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="message"):
+        publisher.progress("op-refused", 2, 10, message=Unprintable())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"data\.bad"):
+        publisher.publish("op-refused", "tick", {"bad": {(1, 2): 3}})
+    assert publisher.buffered == 0
+    assert publisher.flush(timeout=2)
+    assert kinds(read(redis_client, settings, "op-refused")) == ["progress:1"]
+
+
+def test_converted_values_are_written_converted_held_back_or_not(
+    publisher: ProgressPublisher, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """A published and a held-back report carry their extra values converted: ISO datetimes, sorted sets, str()."""
+    when = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    publisher.progress("op-converted", 1, 10, fields={"when": when, 3: math.nan})  # type: ignore[dict-item]
+    fields: dict[str, Any] = {"tags": {"b", "a"}, "raw": b"\xff", "obj": Named()}
+    held = publisher.progress("op-converted", 2, 10, message=Named(), fields=fields)  # type: ignore[arg-type]
+    assert held is PublishResult.THROTTLED
+    fields["tags"].add("c")  # changes after the call do not reach the held-back value
+    fields["late"] = {(1, 2): "would be refused"}
+    assert publisher.flush(timeout=2)
+    first, held_back = (entry["data"] for entry in read(redis_client, settings, "op-converted"))
+    assert (first["when"], first["3"]) == ("2026-01-01T12:00:00+00:00", None)
+    assert (held_back["tags"], held_back["raw"], held_back["obj"]) == (["a", "b"], "\ufffd", "named!")
+    assert held_back["message"] == "named!"
+    assert "late" not in held_back
+
+
+class FailingPass(ProgressPublisher):
+    """A publisher whose background thread meets an unexpected error in its next ``failures`` passes (a fault no
+    real Redis can cause: a bug in the loop itself)."""
+
+    failures = 1
+
+    def _next_wake(self, sweep_at: float) -> float:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("injected failure")
+        return super()._next_wake(sweep_at)
+
+
+def test_an_unexpected_error_in_the_background_thread_is_logged_and_it_carries_on(
+    settings: ProgressSettings, redis_client: redis.Redis, progress_log: list[logging.LogRecord]
+) -> None:
+    """The failure is logged with its traceback and the thread goes on writing held-back values when they are due."""
+    settings = settings.model_copy(update={"retry_interval_seconds": 0.1})
+    with FailingPass(settings) as publisher:
+        publisher.progress("op-survivor", 1, 10)  # starts the thread, whose first pass fails
+        wait_for_log(progress_log, 1)
+        publisher.progress("op-survivor", 2, 10)
+        publisher.progress("op-survivor", 3, 10)  # held back: only the thread writes it, with no flush
+        entries = wait_for(redis_client, settings, "op-survivor", lambda e: progress_values(e) == [1, 3], timeout=5)
+        assert len(entries) == 2
+    [record] = progress_log
+    assert record.exc_info is not None
+    assert "injected failure" in str(record.exc_info[1])
+
+
+def test_a_background_thread_that_keeps_failing_pauses_between_passes(
+    settings: ProgressSettings, progress_log: list[logging.LogRecord]
+) -> None:
+    """Failing every pass, the thread waits retry_interval_seconds before the next one instead of spinning."""
+    settings = settings.model_copy(update={"retry_interval_seconds": 0.2})
+    with FailingPass(settings) as publisher:
+        publisher.failures = 10**6
+        publisher.progress("op-spin", 1, 10)
+        wait_for_log(progress_log, 3)
+        publisher.failures = 0
+    times = [record.created for record in progress_log[:3]]
+    assert times[1] - times[0] >= 0.19
+    assert times[2] - times[1] >= 0.19
+
+
+def wait_for_log(records: list[logging.LogRecord], count: int, timeout: float = 5.0) -> None:
+    """Poll until ``records`` holds at least ``count`` records."""
+    deadline = time.monotonic() + timeout
+    while len(records) < count:
+        assert time.monotonic() < deadline, f"only {len(records)} of {count} log records within {timeout} s"
+        time.sleep(0.01)
+
+
+class FailingTrailing(ProgressPublisher):
+    """A publisher that cannot render a held-back value (trailing calls carry their report's timestamp): a fault the
+    call-time conversion rules out, injected to prove it could not block the terminal status."""
+
+    def _progress_call(self, operation_id: str, raw: RawProgress, timestamp: str | None = None) -> AppendCall:
+        if timestamp is not None:
+            raise RuntimeError("injected render failure")
+        return super()._progress_call(operation_id, raw, timestamp)
+
+
+def test_a_held_back_value_that_fails_to_render_never_blocks_the_terminal_status(
+    settings: ProgressSettings, redis_client: redis.Redis, progress_log: list[logging.LogRecord]
+) -> None:
+    """publish(final=True) logs and skips a held-back value it cannot render, and writes the terminal status."""
+    with FailingTrailing(settings.model_copy(update={"throttle_seconds": 60})) as publisher:
+        publisher.progress("op-final-render", 1, 10)
+        publisher.progress("op-final-render", 2, 10)
+        assert publisher.publish("op-final-render", "status_update", {"status": "completed"}, final=True) is (
+            PublishResult.SENT
+        )
+    assert kinds(read(redis_client, settings, "op-final-render")) == ["progress:1", "status:completed"]
+    [record] = progress_log
+    assert record.exc_info is not None

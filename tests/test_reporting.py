@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from datetime import date
 from decimal import Decimal
+from enum import IntEnum
 from fractions import Fraction
 
 import pytest
@@ -215,3 +217,35 @@ def test_an_oversized_entry_raises_when_published_and_is_skipped_when_held_back(
             set_default_publisher(previous)
     assert progress_values(read(redis_client, settings, "big-later")) == [1]
     assert len(progress_log) == 1
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+class Level(IntEnum):
+    HIGH = 3
+
+
+def test_odd_values_are_converted_or_refused_at_the_call_even_when_dropped(
+    default_publisher: ProgressPublisher, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """report_progress refuses a bad extra or message when the throttle would drop the call, send_event a bad data
+    value; both convert the rest at the call (date, IntEnum)."""
+    report_progress(1, 10, operation_id="odd-call")
+    with pytest.raises(TypeError, match=r"^bad\[\(1, 2\)\]: a tuple key"):
+        report_progress(2, 10, operation_id="odd-call", bad={(1, 2): 3})
+    with pytest.raises(TypeError, match=r"^message: str\(\)"):
+        report_progress(2, 10, operation_id="odd-call", message=Unprintable())  # type: ignore[arg-type]
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match=r"^data\.bad\[0\]: circular"):
+        send_event("tick", {"bad": loop}, operation_id="odd-call")
+    assert report_progress(3, 10, operation_id="odd-call", day=date(2026, 1, 2), level=Level.HIGH) is (
+        PublishResult.THROTTLED
+    )
+    assert default_publisher.flush(timeout=2)
+    entries = read(redis_client, settings, "odd-call")
+    assert progress_values(entries) == [1, 3]
+    assert (entries[1]["data"]["day"], entries[1]["data"]["level"]) == ("2026-01-02", 3)

@@ -15,7 +15,7 @@ import pytest
 import redis
 from celery import Celery
 from streams import ended, kinds, progress_values, stream_key, wait_for
-from worker_tasks import close_app, create_app
+from worker_tasks import check_odd_value_runs, close_app, create_app
 
 from celery_progress_ws import ProgressSettings, enable_queued_events
 from celery_progress_ws._signals import disable_events
@@ -186,4 +186,16 @@ def test_solo_worker_publishes_lifecycles_and_trailing_values(
     assert failed[-1]["data"]["error_message"] == "solo failure"
     assert 30 < redis_client.ttl(stream_key(settings, failing.id)) <= 60
     output = log.read_text()
+    assert "celery-progress-ws" not in output, output
+
+
+def test_prefork_worker_survives_odd_extra_values(
+    prefork_worker: tuple[Celery, Path], settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """In prefork children, each odd extra value is converted or refused at the call: every task ends with its
+    terminal status, later held-back values still flow, and nothing reaches Celery's signal-handler log."""
+    app, log = prefork_worker
+    check_odd_value_runs(app, redis_client, settings, pause=0.6)
+    output = log.read_text()
+    assert "Signal handler" not in output, output
     assert "celery-progress-ws" not in output, output

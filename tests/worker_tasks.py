@@ -4,19 +4,99 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 import redis
 from celery import Celery, Task
 from celery.backends.redis import RedisBackend
 from celery.contrib.testing.worker import start_worker
+from streams import ended, statuses, wait_for
 
 from celery_progress_ws import ProgressBootstep, ProgressSettings, report_progress, send_event
 
 GATES: dict[str, tuple[threading.Event, threading.Event]] = {}
 """In-process tests only: ``token -> (reached, release)`` events the ``gated`` task waits on."""
+
+
+class Color(Enum):
+    RED = "red"
+
+
+class Named:
+    """An object JSON has no form for; its str() is what the wire shows."""
+
+    def __str__(self) -> str:
+        return "named!"
+
+
+class Unprintable:
+    """An object whose str() raises: the rules refuse it."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def _circular() -> list[object]:
+    loop: list[object] = []
+    loop.append(loop)
+    return loop
+
+
+ODD_VALUES: dict[str, Callable[[], object]] = {
+    "tuple_keys": lambda: {(1, 2): 3},
+    "circular": _circular,
+    "unprintable": Unprintable,
+    "datetime": lambda: datetime(2026, 1, 1, tzinfo=UTC),
+    "set": lambda: {"b", "a"},
+    "bytes": lambda: b"caf\xc3\xa9\xff",
+    "nan": lambda: float("nan"),
+    "enum": lambda: Color.RED,
+    "named": Named,
+    "nested": lambda: {"when": datetime(2026, 1, 1), "ids": (3, {1}), 7: None},
+}
+"""Extra field values the ``odd_value`` task reports, by name (built in the worker: most cannot travel as arguments)."""
+
+
+ODD_OUTCOMES: dict[str, object] = {
+    "tuple_keys": "TypeError",
+    "circular": "ValueError",
+    "unprintable": "TypeError",
+    "datetime": "2026-01-01T00:00:00+00:00",
+    "set": ["a", "b"],
+    "bytes": "café\ufffd",
+    "nan": None,
+    "enum": "red",
+    "named": "named!",
+    "nested": {"when": "2026-01-01T00:00:00", "ids": [3, [1]], "7": None},
+}
+"""For each of worker_tasks.ODD_VALUES: the error report_progress raises for it, or the value the wire shows."""
+
+
+def check_odd_value_runs(app: Celery, client: redis.Redis, settings: ProgressSettings, pause: float) -> None:
+    """Run every odd value through cpws.odd_value (and two of them in failing tasks); each task must end with its
+    terminal status, converted values must be written converted, refused ones raise in the task and leave no trace,
+    and the publisher's background thread must keep writing held-back values (progress 2 and 4) on time."""
+    runs = [(kind, False) for kind in ODD_OUTCOMES] + [("tuple_keys", True), ("circular", True)]
+    results = [(kind, fail, app.tasks["cpws.odd_value"].delay(kind, pause, fail)) for kind, fail in runs]
+    for kind, fail, result in results:
+        outcome = result.get(timeout=60, propagate=False)
+        entries = wait_for(client, settings, result.id, ended, timeout=20)
+        expected = ODD_OUTCOMES[kind]
+        refused = expected in ("TypeError", "ValueError")
+        assert statuses(entries)[-1] == ("failed" if fail else "completed"), (kind, entries)
+        if not fail:
+            assert outcome == (expected if refused else "accepted"), kind
+        progress = [entry["data"] for entry in entries if entry["type"] == "chunking_progress"]
+        assert [data["documents_processed"] for data in progress] == ([1, 3, 4, 5] if refused else [1, 2, 3, 4, 5, 6])
+        for data in progress:
+            if data["documents_processed"] in (2, 6):
+                assert data["odd"] == expected, kind
+            else:
+                assert "odd" not in data, kind
 
 
 def create_app(
@@ -131,6 +211,31 @@ def _register_tasks(app: Celery) -> None:
             return False
         finally:
             client.close()
+
+    @app.task(name="cpws.odd_value", shared=False)
+    def odd_value(kind: str, pause: float, fail: bool = False) -> str:
+        """Reports 1-6 of 10 with ``ODD_VALUES[kind]`` as the extra field ``odd`` of 2 and 6: 2 is held back while the
+        task pauses (the background thread writes it), 6 just before the terminal status. Returns what the first odd
+        report raised (the task's own bug, caught here), or ``"accepted"``; raises at the end if ``fail``."""
+
+        def report_odd(current: int) -> str:
+            try:
+                report_progress(current, 10, odd=ODD_VALUES[kind]())
+            except (TypeError, ValueError) as exc:
+                return type(exc).__name__
+            return "accepted"
+
+        report_progress(1, 10)
+        outcome = report_odd(2)
+        time.sleep(pause)
+        report_progress(3, 10)
+        report_progress(4, 10)  # held back: only the background thread can write it before 5 replaces it
+        time.sleep(pause)
+        report_progress(5, 10)
+        report_odd(6)
+        if fail:
+            raise RuntimeError(f"failed after reporting {kind}")
+        return outcome
 
     @app.task(name="cpws.gated", shared=False)
     def gated(token: str) -> str:
