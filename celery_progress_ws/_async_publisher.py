@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ._codec import encode_entry, make_entry, terminal_status, ttl_for
-from ._keys import KeySpace
+from ._keys import KeySpace, validate_entry_type
 from ._redis_write import APPEND_SCRIPT, AppendCall, channel_append, operation_append
 from ._settings import ProgressSettings
 from ._throttle import Decision, Throttle
@@ -70,8 +70,11 @@ class AsyncProgressPublisher:
         throttle_key: str | None = None,
         timestamp: str | None = None,
     ) -> str | None:
-        """Append one entry; return its stream id, or ``None`` when the throttle kept it for a trailing write."""
-        entry = make_entry(entry_type, data, timestamp)
+        """Append one entry; return its stream id, or ``None`` when the throttle kept it for a trailing write.
+
+        Raises ``InvalidEntryType`` for a type that breaks the entry type rule, before anything is written.
+        """
+        entry = make_entry(validate_entry_type(entry_type), data, timestamp)
         message = encode_entry(entry, self.settings.max_entry_bytes)
         terminal = terminal_status(entry) is not None
         if throttle and not terminal:
@@ -91,6 +94,7 @@ class AsyncProgressPublisher:
 
     async def publish_to_channel(self, channel: str, entry: dict[str, Any]) -> str:
         """Append a wire entry to a custom channel's stream (TTL ``channel_ttl_seconds``) and announce it."""
+        validate_entry_type(entry.get("type"))
         message = encode_entry(entry, self.settings.max_entry_bytes)
         ttl = self.settings.channel_ttl_seconds
         return await self._append(

@@ -8,6 +8,7 @@ from typing import Any
 
 from ._errors import EntryTooLarge, MalformedEntry
 from ._jsonsafe import json_safe, json_safe_fields
+from ._keys import ENTRY_TYPE_RULE, is_valid_entry_type
 from ._schemas import STATUS_UPDATE, TERMINAL_STATUSES, TaskStatus, utc_now_iso
 from ._settings import ProgressSettings
 
@@ -58,6 +59,8 @@ def decode_entry(message: str | bytes) -> dict[str, Any]:
         raise MalformedEntry("entry is not a JSON object")
     if not isinstance(entry.get("type"), str) or not isinstance(entry.get("data"), dict):
         raise MalformedEntry("entry lacks a string `type` or an object `data`")
+    if not is_valid_entry_type(entry["type"]):
+        raise MalformedEntry(f"entry type {entry['type'][:80]!r} is not {ENTRY_TYPE_RULE}")
     if not isinstance(entry.get("timestamp"), str):
         raise MalformedEntry("entry lacks a string `timestamp`")
     return entry

@@ -5,6 +5,7 @@
     ProgressError
     ├── InvalidOperationId      (also a ValueError)
     ├── InvalidChannelName      (also a ValueError)
+    ├── InvalidEntryType        (also a ValueError)
     ├── MalformedEntry          (also a ValueError)
     ├── EntryTooLarge           (also a ValueError)
     ├── NoOperationContext      (also a RuntimeError)
@@ -27,6 +28,10 @@ class InvalidOperationId(ProgressError, ValueError):
 
 class InvalidChannelName(ProgressError, ValueError):
     """A custom channel name that cannot safely become part of a Redis key."""
+
+
+class InvalidEntryType(ProgressError, ValueError):
+    """An entry type that is not 1-64 characters of ``A-Z a-z 0-9 _ . : -`` (it names the event of an SSE frame)."""
 
 
 class MalformedEntry(ProgressError, ValueError):

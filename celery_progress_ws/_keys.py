@@ -1,11 +1,11 @@
-"""Validation of user-supplied names and the one place where Redis key and channel names are built."""
+"""Validation of user-supplied names (ids, channels, entry types) and the one place where Redis keys are built."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 
-from ._errors import InvalidChannelName, InvalidOperationId
+from ._errors import InvalidChannelName, InvalidEntryType, InvalidOperationId
 
 MAX_OPERATION_ID_LENGTH = 128
 MAX_CHANNEL_LENGTH = 200
@@ -17,6 +17,9 @@ CHANNEL_LIVE_TEMPLATE = "stream-live:{channel}"
 AGGREGATE_TEMPLATE = "operation-aggregate:{operation_id}"
 AGGREGATE_PARENT_TEMPLATE = "operation-parent:{task_id}"
 USER_CONNECTIONS_TEMPLATE = "connections:user:{digest}"
+
+ENTRY_TYPE_RULE = "1-64 characters of A-Z a-z 0-9 _ . : -"
+_ENTRY_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 # Printable ASCII without whitespace, glob metacharacters (* ? [ ]) or backslash.
 _SAFE_NAME = re.compile(r"[^\x00-\x20\x7f-\U0010ffff*?\[\]\\]+")
@@ -48,6 +51,19 @@ def validate_channel(channel: object) -> str:
     if not _SAFE_NAME.fullmatch(channel):
         raise InvalidChannelName(f"channel name {channel!r} contains whitespace, control, non-ASCII or glob characters")
     return channel
+
+
+def is_valid_entry_type(entry_type: object) -> bool:
+    """Whether ``entry_type`` may name an entry: it becomes an SSE ``event:`` line, so no whitespace or line breaks."""
+    return isinstance(entry_type, str) and _ENTRY_TYPE.fullmatch(entry_type) is not None
+
+
+def validate_entry_type(entry_type: object) -> str:
+    """Return ``entry_type`` if it is valid (the one rule for every writer and reader), else ``InvalidEntryType``."""
+    if not is_valid_entry_type(entry_type):
+        shown = entry_type[:80] if isinstance(entry_type, str) else entry_type
+        raise InvalidEntryType(f"entry type must be {ENTRY_TYPE_RULE}, not {shown!r}")
+    return entry_type  # type: ignore[return-value]  # a str: is_valid_entry_type checked it
 
 
 class KeySpace:

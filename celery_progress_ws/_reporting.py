@@ -8,7 +8,6 @@ one a bootstep or ``set_default_publisher`` installed, else one built on first u
 from __future__ import annotations
 
 import atexit
-import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +16,7 @@ from ._aggregate_hooks import child_progress as _child_progress
 from ._aggregate_hooks import running as _aggregate_children
 from ._context import local as _local
 from ._errors import NoOperationContext
+from ._keys import validate_entry_type
 from ._progress import Count
 from ._publisher import ProgressPublisher
 from ._schemas import CHUNKING_PROGRESS, CURRENT_STATE, HISTORY_GAP, STATUS_UPDATE
@@ -25,8 +25,6 @@ from ._writer import PublishResult
 
 RESERVED_EVENT_TYPES = frozenset({STATUS_UPDATE, CHUNKING_PROGRESS, CURRENT_STATE, HISTORY_GAP})
 """Entry types only the library writes; ``send_event`` refuses them."""
-
-_EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 _default: ProgressPublisher | None = None
 _default_lock = threading.Lock()
@@ -76,12 +74,12 @@ def report_progress(
 def send_event(type: str, data: Mapping[str, Any] | None = None, *, operation_id: str | None = None) -> PublishResult:
     """Write a free-form entry (e.g. ``chunking_document_complete``) to the operation's stream, unthrottled.
 
-    It lands after any progress value reported before it. ``type`` is 1-64 characters of ``A-Z a-z 0-9 _ . : -`` and
-    not one of ``RESERVED_EVENT_TYPES`` (``ValueError``); ``data`` must be a mapping (``TypeError``) whose values are
-    converted by the same rules as ``report_progress`` fields (refused ones raise here, naming ``data.<field>``).
+    It lands after any progress value reported before it. ``type`` is 1-64 characters of ``A-Z a-z 0-9 _ . : -``
+    (``InvalidEntryType``, a ``ValueError``) and not one of ``RESERVED_EVENT_TYPES`` (``ValueError``); ``data`` must
+    be a mapping (``TypeError``) whose values are converted by the same rules as ``report_progress`` fields (refused
+    ones raise here, naming ``data.<field>``).
     """
-    if not isinstance(type, str) or not _EVENT_TYPE.fullmatch(type):
-        raise ValueError(f"event type must be 1-64 characters of A-Z a-z 0-9 _ . : -, not {type!r}")
+    validate_entry_type(type)
     if type in RESERVED_EVENT_TYPES:
         raise ValueError(f"{type!r} entries are written by the library itself; choose another event type")
     if data is not None and not isinstance(data, Mapping):

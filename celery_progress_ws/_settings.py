@@ -79,6 +79,12 @@ class ProgressSettings(BaseSettings):
         'routes besides the server\'s own; `"*"` allows any. Requests without `Origin` are always served.',
     )
     heartbeat_seconds: float = Field(default=15.0, gt=0, description="Interval of SSE heartbeat comments.")
+    send_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a client may take to accept one SSE write, or an ending WebSocket its last messages, "
+        "before its socket is dropped: a client that stopped reading holds its connection slot no longer.",
+    )
     reconnect_max_seconds: float = Field(
         default=30.0, gt=0, description="Cap of the web half's exponential backoff while Redis is down."
     )

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 from .._async_publisher import AsyncProgressPublisher
 from .._codec import is_valid_stream_id, make_entry, terminal_status
 from .._errors import ConnectionRefused
-from .._keys import validate_channel, validate_operation_id
+from .._keys import validate_channel, validate_entry_type, validate_operation_id
 from .._schemas import CHUNKING_PROGRESS
 from .._settings import ProgressSettings
 from ._connections import Connections
@@ -29,6 +29,7 @@ from ._outbox import Outgoing
 from ._reads import NewestReader
 from ._redis_source import RedisSource, command_client, pubsub_client
 from ._registry import ConnectionKey
+from ._server_exit import ServerExitWatch
 from ._session import Session
 from ._source import SourceUnavailable, Topic, TopicKind
 from ._state import OperationGetter, current_state, has_status_and_progress, snapshot
@@ -38,6 +39,7 @@ from ._websocket import ClientInput, WebSocketTransport, refuse, serve
 logger = logging.getLogger(__name__)
 
 CLOSE_SHUTDOWN = (1001, "Server shutting down")
+CLOSE_RESTART = (1012, "Server restarting")
 THROTTLE_IDLE_SECONDS = 300.0
 
 
@@ -81,7 +83,10 @@ class ProgressManager:
             max_per_user=self.settings.max_connections_per_user,
             max_total=self.settings.max_total_connections,
             shared=self._user_count,
+            close_timeout=self.settings.send_timeout_seconds,
         )
+        self._exit_watch = ServerExitWatch(self._end_streams)
+        self._exiting = False
         self._get_operation: OperationGetter | None = None
         self._started = False
         self._closed = False
@@ -102,6 +107,7 @@ class ProgressManager:
         if self._started:
             return
         self._started = True
+        self._exit_watch.start()
         await self._user_count.start()
         await self._source.start()
         if self._source.available:
@@ -114,6 +120,7 @@ class ProgressManager:
         if self._closed:
             return
         self._closed = True
+        await self._exit_watch.stop()
         with contextlib.suppress(RedisError):
             await self._publisher.aclose()
         await self._connections.close_all(*CLOSE_SHUTDOWN)
@@ -174,8 +181,21 @@ class ProgressManager:
         """Register an SSE connection (limits apply) and start its delivery; end it with ``close_events``."""
         topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
         session = await self._open(topic, user_id, last_event_id, handle=None)
+        if self._exiting:
+            session.outbox.abort(*CLOSE_RESTART)
         self._connections.attach(session)
         return session
+
+    def _end_streams(self) -> None:
+        """The server has begun to exit: end every event stream now (it closes WebSockets itself, with 1012).
+
+        Its clients resume from their last entry on another process; the server then runs the lifespan shutdown.
+        """
+        self._exiting = True
+        streams = self._connections.streams()
+        logger.info("Server exiting: ending %d event streams", len(streams))
+        for session in streams:
+            session.outbox.abort(*CLOSE_RESTART)
 
     async def close_events(self, session: Session) -> None:
         """End an SSE connection (its response has finished, however it ended)."""
@@ -244,8 +264,10 @@ class ProgressManager:
 
         With ``throttle``, at most one entry per ``throttle_seconds`` and ``throttle_key`` (default: the operation)
         is written; the newest held-back value follows when the interval ends, or before the operation's next entry.
+        An ``update_type`` that breaks the entry type rule raises ``InvalidEntryType`` (nothing is sent).
         """
         validate_operation_id(operation_id)
+        validate_entry_type(update_type)
         try:
             await self._publisher.publish(operation_id, update_type, data, throttle=throttle, throttle_key=throttle_key)
         except RedisError as exc:
@@ -282,9 +304,11 @@ class ProgressManager:
         """Send a message to a custom channel (stored for ``channel_ttl_seconds``); local clients only without Redis.
 
         A message with a string ``type`` and an object ``data`` keeps them; anything else is sent as
-        ``{"type": "message", "data": message}``.
+        ``{"type": "message", "data": message}``. A ``type`` that breaks the entry type rule raises
+        ``InvalidEntryType`` (nothing is sent).
         """
         entry = _channel_entry(message)
+        validate_entry_type(entry["type"])
         topic = Topic(TopicKind.CHANNEL, validate_channel(channel))
         try:
             await self._publisher.publish_to_channel(channel, entry)
@@ -293,7 +317,11 @@ class ProgressManager:
             self._hub.broadcast(topic, entry)
 
     async def broadcast_to_operation(self, operation_id: str, message: dict[str, Any]) -> None:
-        """Send ``message`` to this process' clients of an operation directly, without storing it."""
+        """Send ``message`` to this process' clients of an operation directly, without storing it.
+
+        Its ``type`` (default ``message``) must follow the entry type rule, else ``InvalidEntryType``.
+        """
+        validate_entry_type(message.get("type", "message"))
         self._hub.broadcast(Topic(TopicKind.OPERATION, validate_operation_id(operation_id)), message)
 
     async def _publish_failed(self, operation_id: str, entry: dict[str, Any]) -> None:

@@ -9,10 +9,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._codec import StreamId
+from .._keys import validate_entry_type
 
 
 class Outgoing:
-    """One message for clients: the JSON text is built once and shared by every connection that receives it."""
+    """One message for clients: the JSON text is built once and shared by every connection that receives it.
+
+    Its ``type`` always follows the entry type rule (stored entries are checked when decoded, others here), so the
+    Server-Sent Events frame cannot gain a line from any value: see ``sse``.
+    """
 
     __slots__ = ("_sse", "direct", "entry_id", "key", "terminal", "text", "type")
 
@@ -24,7 +29,7 @@ class Outgoing:
         self.terminal = terminal
         self.direct = True
         """Whether an idle connection may send it at once; ``False`` queues it for the sender (see ``Outbox``)."""
-        self._sse: str | None = None
+        self._sse: bytes | None = None
 
     @classmethod
     def stored(cls, entry_id: str, key: StreamId, entry: dict[str, Any], *, terminal: bool) -> Outgoing:
@@ -33,19 +38,27 @@ class Outgoing:
 
     @classmethod
     def unstored(cls, message: dict[str, Any], *, terminal: bool = False) -> Outgoing:
-        """A message without a stream id (``current_state``, ``history_gap``, direct broadcasts)."""
-        return cls(None, None, str(message.get("type", "message")), _dumps(message), terminal)
+        """A message without a stream id (``current_state``, ``history_gap``, direct broadcasts).
+
+        Raises ``InvalidEntryType`` if its ``type`` (default ``message``) breaks the entry type rule.
+        """
+        return cls(None, None, validate_entry_type(message.get("type", "message")), _dumps(message), terminal)
 
     @property
-    def sse(self) -> str:
-        """The Server-Sent Events frame, built on first use and then shared."""
+    def sse(self) -> bytes:
+        """The Server-Sent Events frame (UTF-8), built on first use and then shared.
+
+        Each field is one line: the id is a parsed stream id (digits and a dash), the event a validated entry type,
+        and the data compact JSON, whose strings escape every control character (CR and LF included).
+        """
         if self._sse is None:
             head = f"id: {self.entry_id}\n" if self.entry_id is not None else ""
-            self._sse = f"{head}event: {self.type}\ndata: {self.text}\n\n"
+            self._sse = f"{head}event: {self.type}\ndata: {self.text}\n\n".encode()
         return self._sse
 
 
 def _dumps(message: dict[str, Any]) -> str:
+    """Compact JSON on one line: no indentation, and ``json`` escapes line breaks inside strings."""
     return json.dumps(message, separators=(",", ":"), default=str)
 
 

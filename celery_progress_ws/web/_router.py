@@ -122,7 +122,13 @@ def create_progress_router(
             session = await manager.open_events(operation_id, str(user_id), last_event_id=resume)
         except ConnectionRefused as exc:
             raise HTTPException(status_code=429, detail=exc.reason) from exc
-        return EventStreamResponse(session, heartbeat=manager.settings.heartbeat_seconds, on_end=manager.close_events)
+        settings = manager.settings
+        return EventStreamResponse(
+            session,
+            heartbeat=settings.heartbeat_seconds,
+            send_timeout=settings.send_timeout_seconds,
+            on_end=manager.close_events,
+        )
 
     @router.get("/operations/{operation_id}")
     async def operation_snapshot(operation_id: str, user_id: UserId) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""One open connection: its registry key, its subscriber, its sender, and the deadline that bounds its ending."""
+"""One open connection: its registry key, its subscriber, its sender, and the deadline that bounds its ending.
+
+A session with a sender task (a WebSocket) is given ``close_timeout`` seconds to finish once it starts ending; one
+without (an event stream) is bounded by its response instead, whose every send has that long (see ``_sse``).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from ._subscriber import Subscriber
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_SECONDS = 10.0
-"""Once the server ends a connection, how long the client has to take the rest before it is dropped."""
+"""Once the server ends a connection, how long the client has to take the rest before it is dropped (the default of
+``ProgressSettings.send_timeout_seconds``)."""
 
 
 class TransportClosed(ProgressError):
@@ -56,8 +61,10 @@ class Session:
         self.sender: asyncio.Task[None] | None = None
         self.finished = Flag()
         """Set when the sender has stopped (closed, aborted, or the peer left)."""
+        self.detached = False
+        """Set once delivery to it has stopped (it started ending; its socket may still be open)."""
         self.released = False
-        """Set once its registry slot is freed and its delivery stopped (the sender may still be finishing)."""
+        """Set once it has ended and its registry slot (and shared lease) is freed."""
         self._close_timeout = close_timeout
         self._on_closing = on_closing
         self._on_expired = on_expired
@@ -78,10 +85,12 @@ class Session:
             send_text = transport.send_text
 
             def send_now(item: Outgoing) -> Awaitable[None] | None:
-                return _run_eagerly(send_text(item.text))
+                return run_eagerly(send_text(item.text))
 
             outbox.set_direct(send_now)
         self.sender = asyncio.get_running_loop().create_task(self._send_all(transport))
+        if outbox.closing:  # it began ending before it had a sender: bound that sender too
+            self._arm_deadline()
 
     async def _send_all(self, transport: Transport) -> None:
         outbox = self.subscriber.outbox
@@ -98,10 +107,13 @@ class Session:
             self.finished.set()
 
     def _closing(self) -> None:
-        if self._deadline is None and not self.finished.is_set():
-            self._deadline = asyncio.get_running_loop().call_later(self._close_timeout, self._expire)
+        self._arm_deadline()
         if self._on_closing is not None:
             self._on_closing(self)
+
+    def _arm_deadline(self) -> None:
+        if self._deadline is None and self.sender is not None and not self.finished.is_set():
+            self._deadline = asyncio.get_running_loop().call_later(self._close_timeout, self._expire)
 
     def _expire(self) -> None:
         self._deadline = None
@@ -145,7 +157,7 @@ class Flag:
         await self._event.wait()
 
 
-def _run_eagerly(coroutine: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
+def run_eagerly(coroutine: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
     """Run ``coroutine`` in the calling task up to its first suspension: ``None`` if it finished, else the rest of it.
 
     A WebSocket send whose transport is not paused completes without suspending (uvicorn writes the frame and

@@ -7,7 +7,7 @@ from typing import Any
 from .._settings import ProgressSettings
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
-"""How long uvicorn waits for open responses (SSE streams never end by themselves) before shutting the app down."""
+"""How long uvicorn waits for open responses before it shuts the app down (event streams end by themselves)."""
 HTTP_HEADROOM = 100
 """Connections and requests uvicorn admits beyond ``max_total_connections``: plain HTTP and handshakes refused later."""
 

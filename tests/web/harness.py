@@ -85,7 +85,8 @@ class ThreadServer:
 class ProcessServer:
     """A uvicorn subprocess serving ``serverapp:create_app`` with settings from its environment."""
 
-    def __init__(self, settings: ProgressSettings) -> None:
+    def __init__(self, settings: ProgressSettings, *, stderr: int | None = None) -> None:
+        """``stderr=subprocess.PIPE`` keeps what the server logs for the test to read."""
         self.port = free_port()
         env = {
             **os.environ,
@@ -95,7 +96,11 @@ class ProcessServer:
         }
         command = [sys.executable, "-m", "uvicorn", "serverapp:create_app", "--factory", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--log-level", "warning"]
-        self.process = subprocess.Popen(command, env=env, cwd=HERE, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(command, env=env, cwd=HERE, stdin=subprocess.DEVNULL, stderr=stderr)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def ws(self) -> str:

@@ -71,9 +71,9 @@ def test_outgoing_is_serialized_once_with_id_first_and_sse_framing() -> None:
     """A stored entry's text starts with its id; its SSE frame has id, event and data lines."""
     item = stored(7)
     assert item.text.startswith('{"id":"7-0",')
-    assert item.sse == f"id: 7-0\nevent: note\ndata: {item.text}\n\n"
+    assert item.sse == f"id: 7-0\nevent: note\ndata: {item.text}\n\n".encode()
     assert item.sse is item.sse
-    assert Outgoing.unstored({"type": "current_state", "data": {}}).sse.startswith("event: current_state\n")
+    assert Outgoing.unstored({"type": "current_state", "data": {}}).sse.startswith(b"event: current_state\n")
 
 
 # -- subscriber -----------------------------------------------------------------------------------------------------
