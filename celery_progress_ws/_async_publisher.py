@@ -9,6 +9,7 @@ value always precedes the terminal ``status_update``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,8 +33,16 @@ FailureHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
+    """A held-back entry, encoded when it was published: later changes to the caller's data cannot reach it."""
+
     operation_id: str
-    entry: dict[str, Any]
+    message: str
+    ttl: int
+
+    @property
+    def entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = json.loads(self.message)
+        return entry
 
 
 class AsyncProgressPublisher:
@@ -79,7 +88,8 @@ class AsyncProgressPublisher:
         terminal = terminal_status(entry) is not None
         if throttle and not terminal:
             key = throttle_key or operation_id
-            decision = self._throttle.offer(key, _Pending(operation_id, entry))
+            pending = _Pending(operation_id, message, ttl_for(self.settings, entry_type, data))
+            decision = self._throttle.offer(key, pending)
             if decision is not Decision.PUBLISH:
                 self._keys_of.setdefault(operation_id, set()).add(key)
                 self._arm_timer()
@@ -146,17 +156,15 @@ class AsyncProgressPublisher:
             await asyncio.gather(*self._trailing)
 
     async def _write_pending(self, pending: _Pending) -> None:
-        entry = pending.entry
-        ttl = ttl_for(self.settings, entry["type"], entry["data"])
-        message = encode_entry(entry, self.settings.max_entry_bytes)
-        call = operation_append(self.keys, pending.operation_id, message, ttl=ttl, maxlen=self.settings.stream_maxlen)
+        maxlen = self.settings.stream_maxlen
+        call = operation_append(self.keys, pending.operation_id, pending.message, ttl=pending.ttl, maxlen=maxlen)
         try:
             await self._append(call)
         except RedisError as exc:
             if self._on_failure is None:
                 logger.warning("Trailing progress of %s not written: %s", pending.operation_id, exc)
             else:
-                await self._on_failure(pending.operation_id, entry)
+                await self._on_failure(pending.operation_id, pending.entry)
 
     def _discard_key(self, operation_id: str, key: str) -> None:
         keys = self._keys_of.get(operation_id)

@@ -119,3 +119,19 @@ async def test_manager_send_update_throttles_and_closes_clients_after_completed(
     types = [message["type"] for message in messages]
     assert types == ["chunking_progress", "chunking_progress", "chunking_completed", "status_update"]
     assert websocket.close_code == 1000
+
+
+async def test_a_held_back_entry_is_written_as_it_was_published_whatever_its_data_becomes(
+    web_publisher: AsyncProgressPublisher, live: PubSub, web_settings: ProgressSettings
+) -> None:
+    """A held-back entry is encoded when published: data the caller changes later (even to something JSON cannot
+    hold) changes nothing, and the trailing write still lands."""
+    operation = new_operation()
+    await live.subscribe(KeySpace(web_settings.key_prefix).live(operation))
+    await web_publisher.publish(operation, "chunking_progress", {"documents_processed": 0}, throttle=True)
+    held: dict[object, object] = {"documents_processed": 1}
+    assert await web_publisher.publish(operation, "chunking_progress", held, throttle=True) is None
+    held[(1, 2)] = "a tuple key"
+    held["documents_processed"] = 99
+    assert (await next_announcement(live))["data"] == {"documents_processed": 0}
+    assert (await next_announcement(live))["data"] == {"documents_processed": 1}
