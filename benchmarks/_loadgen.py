@@ -33,9 +33,9 @@ def script_publisher() -> Publish:
     import redis
 
     from celery_progress_ws import ProgressSettings
-    from celery_progress_ws._codec import encode_entry, make_entry
-    from celery_progress_ws._keys import KeySpace
-    from celery_progress_ws._redis_write import APPEND_SCRIPT, operation_append
+    from celery_progress_ws._core.append import APPEND_SCRIPT, operation_append
+    from celery_progress_ws._core.codec import encode_entry, make_entry
+    from celery_progress_ws._core.keys import KeySpace
 
     settings = ProgressSettings()
     keys = KeySpace(settings.key_prefix)

@@ -30,8 +30,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from benchmarks._harness import WS_PATH, install_watchdog
-from celery_progress_ws._codec import MESSAGE_FIELD
-from celery_progress_ws._keys import KeySpace
+from celery_progress_ws._core.codec import MESSAGE_FIELD
+from celery_progress_ws._core.keys import KeySpace
 
 logger = logging.getLogger("benchmarks.servers")
 

@@ -24,11 +24,11 @@ from celery import Celery
 from celery._state import _task_stack
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings
-from celery_progress_ws._aggregate import AGGREGATE_HEADER, _register
-from celery_progress_ws._aggregate_hooks import child_progress, child_status, updater_for
-from celery_progress_ws._codec import decode_fields
-from celery_progress_ws._keys import KeySpace
-from celery_progress_ws._schemas import TaskStatus
+from celery_progress_ws._aggregate.track import AGGREGATE_HEADER, _register
+from celery_progress_ws._core.codec import decode_fields
+from celery_progress_ws._core.keys import KeySpace
+from celery_progress_ws._core.schemas import TaskStatus
+from celery_progress_ws._worker.aggregate_updater import child_progress, child_status, updater_for
 
 SIZES = (100, 1_000, 10_000)
 THREADS = 4

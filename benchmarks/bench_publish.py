@@ -36,7 +36,7 @@ import redis
 from celery import Celery, Task
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, report_progress
-from celery_progress_ws._signals import disable_events, enable_worker_events
+from celery_progress_ws._worker.signals import disable_events, enable_worker_events
 
 HEADING = "## Worker half: cost of a progress call"
 COMMAND = ".venv/bin/python benchmarks/bench_publish.py --write docs/benchmarks.md"

@@ -32,8 +32,8 @@ from starlette.responses import Response
 
 from benchmarks._harness import ROOT, cpu_seconds, delete_prefix, install_watchdog, median
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web import ProgressManager, create_progress_router
+from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web._session import Session
 from devtools.servers import free_port, resolve_redis
 

@@ -3,9 +3,8 @@
 The worker half lives here; the web half (FastAPI) is in ``celery_progress_ws.web``.
 """
 
-from ._aggregate import track
-from ._bootstep import ProgressBootstep
-from ._errors import (
+from ._aggregate.track import track
+from ._core.errors import (
     ConnectionRefused,
     EntryTooLarge,
     InvalidChannelName,
@@ -18,10 +17,8 @@ from ._errors import (
     Unauthorized,
     UserLimitExceeded,
 )
-from ._keys import validate_operation_id
-from ._publisher import ProgressPublisher
-from ._reporting import report_progress, send_event, set_default_publisher
-from ._schemas import (
+from ._core.keys import validate_operation_id
+from ._core.schemas import (
     DeliveredEntry,
     GapReason,
     ProgressData,
@@ -31,9 +28,12 @@ from ._schemas import (
     wire_json_schema,
     wire_json_schema_text,
 )
-from ._settings import ProgressSettings
-from ._signals import enable_queued_events
-from ._writer import PublishResult
+from ._core.settings import ProgressSettings
+from ._worker.bootstep import ProgressBootstep
+from ._worker.publisher import ProgressPublisher
+from ._worker.reporting import report_progress, send_event, set_default_publisher
+from ._worker.signals import enable_queued_events
+from ._worker.writer import PublishResult
 
 __all__ = [
     "ConnectionRefused",

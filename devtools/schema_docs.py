@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from celery_progress_ws._schemas import wire_json_schema_text
+from celery_progress_ws._core.schemas import wire_json_schema_text
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "wire-schema.md"
 

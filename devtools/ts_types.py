@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from celery_progress_ws._schemas import TERMINAL_STATUSES, wire_json_schema
+from celery_progress_ws._core.schemas import TERMINAL_STATUSES, wire_json_schema
 
 TARGET = Path(__file__).resolve().parent.parent / "celery_progress_ws" / "web" / "static" / "progress-client.d.ts"
 

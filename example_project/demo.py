@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._watch import EXIT_INTERRUPTED
-from celery_progress_ws._watch_cli import main as watch_main
+from celery_progress_ws._cli.watch import EXIT_INTERRUPTED
+from celery_progress_ws._cli.watch_cli import main as watch_main
 from celery_progress_ws.web import uvicorn_options
 from devtools.servers import PrivateRedis, forget_celery_queue, free_port, resolve_redis
 

@@ -9,8 +9,8 @@ from typing import Any
 import redis
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._codec import decode_fields
-from celery_progress_ws._keys import KeySpace
+from celery_progress_ws._core.codec import decode_fields
+from celery_progress_ws._core.keys import KeySpace
 
 Entries = list[dict[str, Any]]
 

@@ -16,15 +16,15 @@ from streams import Entries, read, wait_for
 from test_worker_subprocess import prefork_worker  # noqa: F401  (fixture)
 
 from celery_progress_ws import ProgressSettings, track
-from celery_progress_ws._aggregate import (
+from celery_progress_ws._aggregate.track import (
     _register,
     aggregate_children,
     aggregate_children_async,
     cancel_aggregate,
     cancel_aggregate_async,
 )
-from celery_progress_ws._aggregate_hooks import AggregateUpdater
-from celery_progress_ws._keys import KeySpace
+from celery_progress_ws._core.keys import KeySpace
+from celery_progress_ws._worker.aggregate_updater import AggregateUpdater
 
 pytestmark = pytest.mark.integration
 

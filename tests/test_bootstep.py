@@ -14,7 +14,7 @@ from streams import ended, kinds, progress_values, read, statuses, stream_key, w
 from worker_tasks import check_odd_value_runs, create_app
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult
-from celery_progress_ws._signals import bindings, disable_events, enable_worker_events
+from celery_progress_ws._worker.signals import bindings, disable_events, enable_worker_events
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from celery_progress_ws._buffer import EntryBuffer, Rank
+from celery_progress_ws._worker.buffer import EntryBuffer, Rank
 
 
 def drain(buffer: EntryBuffer[str]) -> list[str]:

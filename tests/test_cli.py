@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from celery_progress_ws import wire_json_schema
-from celery_progress_ws._cli import COMMANDS, build_parser, main
+from celery_progress_ws._cli.main import COMMANDS, build_parser, main
 
 
 def test_schema_prints_the_wire_json_schema(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ from uuid import UUID
 import pytest
 
 from celery_progress_ws import EntryTooLarge, MalformedEntry, ProgressSettings, TaskStatus
-from celery_progress_ws._codec import (
+from celery_progress_ws._core.codec import (
     decode_entry,
     decode_fields,
     decode_live,

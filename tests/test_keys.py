@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from celery_progress_ws import InvalidChannelName, InvalidOperationId, validate_operation_id
-from celery_progress_ws._keys import KeySpace, validate_channel
+from celery_progress_ws._core.keys import KeySpace, validate_channel
 
 BAD = ["", "x" * 129, "a b", "a\tb", "a\nb", "a\x00b", "a\x1bb", "a\x7fb", "a*", "a?", "a[b", "a]b", "a\\b", "é"]
 BAD += [7, None]

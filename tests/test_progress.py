@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from celery_progress_ws._progress import ProgressMeter, check_count, check_fields, eta_seconds, percentage
+from celery_progress_ws._worker.meter import ProgressMeter, check_count, check_fields, eta_seconds, percentage
 
 
 def raw(current: float, total: float | None, at: float, **fields: object) -> tuple:

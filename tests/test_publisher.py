@@ -16,10 +16,10 @@ import redis
 from streams import kinds, progress_values, read, stream_key, wait_for
 
 from celery_progress_ws import InvalidOperationId, ProgressPublisher, ProgressSettings, PublishResult
-from celery_progress_ws._codec import decode_live
-from celery_progress_ws._keys import KeySpace
-from celery_progress_ws._progress import RawProgress
-from celery_progress_ws._redis_write import AppendCall
+from celery_progress_ws._core.append import AppendCall
+from celery_progress_ws._core.codec import decode_live
+from celery_progress_ws._core.keys import KeySpace
+from celery_progress_ws._worker.meter import RawProgress
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,9 @@ from celery import Celery
 from streams import read, statuses
 from worker_tasks import close_app, create_app
 
-from celery_progress_ws import ProgressPublisher, ProgressSettings, _signals, enable_queued_events
-from celery_progress_ws._signals import disable_events, enable_worker_events
+from celery_progress_ws import ProgressPublisher, ProgressSettings, enable_queued_events
+from celery_progress_ws._worker import signals as _signals
+from celery_progress_ws._worker.signals import disable_events, enable_worker_events
 
 pytestmark = pytest.mark.integration
 

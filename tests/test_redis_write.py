@@ -9,8 +9,8 @@ import pytest
 import redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from celery_progress_ws._keys import KeySpace
-from celery_progress_ws._redis_write import ConnectionAppend, OperationAppender, ScriptAppend
+from celery_progress_ws._core.append import ConnectionAppend, OperationAppender, ScriptAppend
+from celery_progress_ws._core.keys import KeySpace
 from devtools.servers import PrivateRedis
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ from celery_progress_ws import (
     report_progress,
     send_event,
 )
-from celery_progress_ws._reporting import default_publisher, set_default_publisher
+from celery_progress_ws._worker.reporting import default_publisher, set_default_publisher
 from devtools.servers import PrivateRedis
 
 pytestmark = pytest.mark.integration

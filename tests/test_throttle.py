@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celery_progress_ws._throttle import Decision, Throttle
+from celery_progress_ws._core.throttle import Decision, Throttle
 
 
 class Clock:

@@ -14,17 +14,17 @@ import pytest
 import redis
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws import _watch as watch_module
-from celery_progress_ws._codec import encode_entry, make_entry, ttl_for
-from celery_progress_ws._keys import KeySpace
-from celery_progress_ws._redis_write import APPEND_SCRIPT, operation_append
-from celery_progress_ws._watch import Watcher
-from celery_progress_ws._watch_cli import main
-from celery_progress_ws._watch_output import JsonSink
+from celery_progress_ws._cli import watch as watch_module
+from celery_progress_ws._cli.output import JsonSink
+from celery_progress_ws._cli.watch import Watcher
+from celery_progress_ws._cli.watch_cli import main
+from celery_progress_ws._core.append import APPEND_SCRIPT, operation_append
+from celery_progress_ws._core.codec import encode_entry, make_entry, ttl_for
+from celery_progress_ws._core.keys import KeySpace
 from devtools.servers import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_WATCH = "import sys; from celery_progress_ws._watch_cli import main; sys.exit(main(sys.argv[1:]))"
+RUN_WATCH = "import sys; from celery_progress_ws._cli.watch_cli import main; sys.exit(main(sys.argv[1:]))"
 
 Append = Callable[..., str]
 

@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from celery_progress_ws._watch import EXIT_USAGE
-from celery_progress_ws._watch_cli import add_watch_parser, main, run_watch
+from celery_progress_ws._cli.watch import EXIT_USAGE
+from celery_progress_ws._cli.watch_cli import add_watch_parser, main, run_watch
 
 
 @pytest.mark.parametrize("bad", ["has space", "glob*", "", "x" * 129])

@@ -18,7 +18,7 @@ from streams import ended, kinds, progress_values, stream_key, wait_for
 from worker_tasks import check_odd_value_runs, close_app, create_app
 
 from celery_progress_ws import ProgressSettings, enable_queued_events
-from celery_progress_ws._signals import disable_events
+from celery_progress_ws._worker.signals import disable_events
 
 pytestmark = pytest.mark.integration
 

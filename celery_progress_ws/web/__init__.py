@@ -8,7 +8,7 @@
     uvicorn.run(app, **uvicorn_options(manager.settings))
 """
 
-from .._async_publisher import AsyncProgressPublisher
+from ._async_publisher import AsyncProgressPublisher
 from ._manager import ProgressManager
 from ._router import Authorize, create_progress_router
 from ._state import OperationGetter

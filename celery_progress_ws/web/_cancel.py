@@ -17,11 +17,11 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from .._aggregate import aggregate_children_async, cancel_aggregate_async
-from .._codec import terminal_status
-from .._errors import ProgressError
-from .._keys import validate_operation_id
-from .._schemas import STATUS_UPDATE, TaskStatus
+from .._aggregate.track import aggregate_children_async, cancel_aggregate_async
+from .._core.codec import terminal_status
+from .._core.errors import ProgressError
+from .._core.keys import validate_operation_id
+from .._core.schemas import STATUS_UPDATE, TaskStatus
 from ._manager import ProgressManager
 from ._source import SourceUnavailable
 

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from .._errors import UserLimitExceeded
+from .._core.errors import UserLimitExceeded
 from ._hub import Hub
 from ._registry import ConnectionKey, ConnectionRegistry, SharedUserCount
 from ._session import CLOSE_TIMEOUT_SECONDS, Session

@@ -19,9 +19,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .._codec import StreamId, decode_entry, parse_stream_id, terminal_status
-from .._errors import MalformedEntry
-from .._schemas import GapReason
+from .._core.codec import StreamId, decode_entry, parse_stream_id, terminal_status
+from .._core.errors import MalformedEntry
+from .._core.schemas import GapReason
 from ._outbox import Outgoing
 from ._source import RawEntry, SourceUnavailable, StreamSource, Topic, TopicKind, gap_reason
 from ._subscriber import CLOSE_COMPLETED, Subscriber

@@ -16,15 +16,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
-from .._async_publisher import AsyncProgressPublisher
-from .._codec import is_valid_stream_id, make_entry, terminal_status
-from .._errors import ConnectionRefused
-from .._keys import validate_channel, validate_entry_type, validate_operation_id
-from .._schemas import CHUNKING_PROGRESS
-from .._settings import ProgressSettings
+from .._core.codec import is_valid_stream_id, make_entry, terminal_status
+from .._core.errors import ConnectionRefused
+from .._core.keys import validate_channel, validate_entry_type, validate_operation_id
+from .._core.schemas import CHUNKING_PROGRESS
+from .._core.settings import ProgressSettings
+from ._async_publisher import AsyncProgressPublisher
 from ._connections import Connections
 from ._hub import Hub
-from ._leases import RedisUserCount
 from ._outbox import Outgoing
 from ._reads import NewestReader
 from ._redis_source import RedisSource, command_client, pubsub_client
@@ -34,6 +33,7 @@ from ._session import Session
 from ._source import SourceUnavailable, Topic, TopicKind
 from ._state import OperationGetter, current_state, has_status_and_progress, snapshot
 from ._subscriber import CLOSE_COMPLETED
+from ._user_count import RedisUserCount
 from ._websocket import ClientInput, WebSocketTransport, refuse, serve
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._codec import StreamId
-from .._keys import validate_entry_type
+from .._core.codec import StreamId
+from .._core.keys import validate_entry_type
 
 
 class Outgoing:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._codec import decode_entry
-from .._errors import MalformedEntry
+from .._core.codec import decode_entry
+from .._core.errors import MalformedEntry
 from ._source import SourceUnavailable, StreamSource, Topic
 
 REQUEST_BATCH = 16

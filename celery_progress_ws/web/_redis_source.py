@@ -27,10 +27,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._codec import MESSAGE_FIELD, decode_live, parse_stream_id
-from .._errors import MalformedEntry
-from .._keys import KeySpace
-from .._settings import ProgressSettings
+from .._core.codec import MESSAGE_FIELD, decode_live, parse_stream_id
+from .._core.errors import MalformedEntry
+from .._core.keys import KeySpace
+from .._core.settings import ProgressSettings
 from ._source import RawEntry, SourceListener, SourceUnavailable, StreamInfo, Topic, TopicKind
 from ._stall import StallGuard
 from ._tasks import stop_task

@@ -1,7 +1,7 @@
 """The connections of one process, keyed by ``(user, kind, name)``, with the per-user and global limits.
 
 ``add`` checks both limits and registers in one synchronous step, so concurrent connects cannot overshoot. The
-per-user count across web processes is a ``SharedUserCount`` (transport-agnostic; ``_leases`` has the Redis one),
+per-user count across web processes is a ``SharedUserCount`` (transport-agnostic; ``_user_count`` has the Redis one),
 asked after this local check passes.
 """
 
@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
-from .._errors import ServerLimitExceeded, UserLimitExceeded
+from .._core.errors import ServerLimitExceeded, UserLimitExceeded
 from ._source import TopicKind
 
 H = TypeVar("H")

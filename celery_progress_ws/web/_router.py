@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Response, WebSock
 from fastapi.responses import FileResponse
 from starlette.requests import HTTPConnection
 
-from .._codec import is_valid_stream_id
-from .._errors import ConnectionRefused, InvalidChannelName, InvalidOperationId, Unauthorized
-from .._keys import validate_channel, validate_operation_id
+from .._core.codec import is_valid_stream_id
+from .._core.errors import ConnectionRefused, InvalidChannelName, InvalidOperationId, Unauthorized
+from .._core.keys import validate_channel, validate_operation_id
 from ._cancel import BrokerUnavailable, Canceller, OperationFinished, OperationNotFound
 from ._manager import ProgressManager
 from ._origin import OriginPolicy

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
-from .._errors import ProgressError
+from .._core.errors import ProgressError
 from ._outbox import Outbox, Outgoing
 from ._registry import ConnectionKey
 from ._source import Topic

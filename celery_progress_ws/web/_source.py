@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
-from .._codec import StreamId
-from .._errors import ProgressError
-from .._schemas import GapReason
+from .._core.codec import StreamId
+from .._core.errors import ProgressError
+from .._core.schemas import GapReason
 
 
 class TopicKind(StrEnum):

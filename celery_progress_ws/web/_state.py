@@ -8,7 +8,7 @@ from datetime import date, datetime
 from enum import Enum
 from typing import Any
 
-from .._schemas import CHUNKING_PROGRESS, CURRENT_STATE, STATUS_UPDATE, utc_now_iso
+from .._core.schemas import CHUNKING_PROGRESS, CURRENT_STATE, STATUS_UPDATE, utc_now_iso
 from ._reads import Decoded, Newest
 
 OperationGetter = Callable[[str], "Awaitable[object | None] | object | None"]

@@ -12,8 +12,8 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from .._codec import StreamId, parse_stream_id
-from .._schemas import HISTORY_GAP, GapReason, utc_now_iso
+from .._core.codec import StreamId, parse_stream_id
+from .._core.schemas import HISTORY_GAP, GapReason, utc_now_iso
 from ._outbox import Outbox, Outgoing
 from ._source import Topic
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._settings import ProgressSettings
+from .._core.settings import ProgressSettings
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 """How long uvicorn waits for open responses before it shuts the app down (event streams end by themselves)."""

@@ -13,7 +13,7 @@ from ._outbox import Outbox
 from ._session import Session, TransportClosed
 
 if TYPE_CHECKING:
-    from .._settings import ProgressSettings
+    from .._core.settings import ProgressSettings
 
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009

@@ -10,8 +10,8 @@ from harness import ThreadServer
 from redis.asyncio import Redis
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web import ProgressManager
+from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 
 
 @pytest.fixture

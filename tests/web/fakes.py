@@ -12,7 +12,7 @@ import bisect
 import json
 from typing import Any
 
-from celery_progress_ws._codec import make_entry, parse_stream_id
+from celery_progress_ws._core.codec import make_entry, parse_stream_id
 from celery_progress_ws.web._source import RawEntry, SourceListener, SourceUnavailable, StreamInfo, Topic
 
 

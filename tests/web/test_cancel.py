@@ -15,7 +15,7 @@ from serverapp import build_app
 from websockets.asyncio.client import connect
 
 from celery_progress_ws import ProgressSettings, track
-from celery_progress_ws._aggregate import aggregate_children
+from celery_progress_ws._aggregate.track import aggregate_children
 from celery_progress_ws.web import ProgressManager
 from devtools.servers import PrivateRedis
 

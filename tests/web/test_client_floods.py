@@ -13,8 +13,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web import ProgressManager, uvicorn_options
+from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web._websocket import MessageRate
 
 pytestmark = pytest.mark.integration

@@ -30,10 +30,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._codec import encode_entry, make_entry
-from celery_progress_ws._keys import KeySpace
-from celery_progress_ws._redis_write import APPEND_SCRIPT, operation_append
-from celery_progress_ws._schemas import TERMINAL_STATUSES
+from celery_progress_ws._core.append import APPEND_SCRIPT, operation_append
+from celery_progress_ws._core.codec import encode_entry, make_entry
+from celery_progress_ws._core.keys import KeySpace
+from celery_progress_ws._core.schemas import TERMINAL_STATUSES
 
 STATIC = Path(__file__).resolve().parents[2] / "celery_progress_ws" / "web" / "static"
 CLIENT_JS = STATIC / "progress-client.js"

@@ -9,9 +9,9 @@ import random
 import pytest
 from fakes import FakeSource
 
-from celery_progress_ws._codec import StreamId
-from celery_progress_ws._errors import ServerLimitExceeded, UserLimitExceeded
-from celery_progress_ws._schemas import GapReason
+from celery_progress_ws._core.codec import StreamId
+from celery_progress_ws._core.errors import ServerLimitExceeded, UserLimitExceeded
+from celery_progress_ws._core.schemas import GapReason
 from celery_progress_ws.web._hub import Hub
 from celery_progress_ws.web._outbox import Outbox, Outgoing
 from celery_progress_ws.web._registry import ConnectionKey, ConnectionRegistry

@@ -17,9 +17,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._async_publisher import AsyncProgressPublisher
-from celery_progress_ws._keys import KeySpace
+from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web import ProgressManager
+from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 
 pytestmark = pytest.mark.integration
 

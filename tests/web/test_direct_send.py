@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from celery_progress_ws._codec import parse_stream_id
+from celery_progress_ws._core.codec import parse_stream_id
 from celery_progress_ws.web._outbox import Outgoing
 from celery_progress_ws.web._registry import ConnectionKey
 from celery_progress_ws.web._session import Session, TransportClosed

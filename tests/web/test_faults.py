@@ -13,8 +13,8 @@ from redis.backoff import NoBackoff
 from websockets.asyncio.client import connect
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._async_publisher import AsyncProgressPublisher
-from celery_progress_ws._keys import KeySpace
+from celery_progress_ws._core.keys import KeySpace
+from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from devtools.servers import PrivateRedis
 
 pytestmark = pytest.mark.integration

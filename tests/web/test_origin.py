@@ -20,8 +20,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web import ProgressManager
+from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web._origin import OriginPolicy
 
 pytestmark = pytest.mark.integration

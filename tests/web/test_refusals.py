@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._async_publisher import AsyncProgressPublisher
+from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 
 pytestmark = pytest.mark.integration
 

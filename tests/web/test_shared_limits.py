@@ -15,9 +15,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._async_publisher import AsyncProgressPublisher
-from celery_progress_ws._keys import KeySpace
-from celery_progress_ws.web._leases import RedisUserCount
+from celery_progress_ws._core.keys import KeySpace
+from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
+from celery_progress_ws.web._user_count import RedisUserCount
 from devtools.servers import PrivateRedis, free_port
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ from harness import SseEvent, ThreadServer, sse_events
 from redis.asyncio import Redis
 
 from celery_progress_ws import InvalidEntryType, MalformedEntry, ProgressSettings, send_event
-from celery_progress_ws._async_publisher import AsyncProgressPublisher
-from celery_progress_ws._codec import decode_entry, encode_live
-from celery_progress_ws._keys import KeySpace
+from celery_progress_ws._core.codec import decode_entry, encode_live
+from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web import ProgressManager
+from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web._outbox import Outgoing
 
 pytestmark = pytest.mark.integration

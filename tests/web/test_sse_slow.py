@@ -15,7 +15,7 @@ import pytest
 from harness import ThreadServer, eventually, sse_events
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._async_publisher import AsyncProgressPublisher
+from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 
 pytestmark = pytest.mark.integration
 

@@ -6,11 +6,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import EntryTooLarge, MalformedEntry
-from ._jsonsafe import json_safe, json_safe_fields
-from ._keys import ENTRY_TYPE_RULE, is_valid_entry_type
-from ._schemas import STATUS_UPDATE, TERMINAL_STATUSES, TaskStatus, utc_now_iso
-from ._settings import ProgressSettings
+from .errors import EntryTooLarge, MalformedEntry
+from .jsonsafe import json_safe, json_safe_fields
+from .keys import ENTRY_TYPE_RULE, is_valid_entry_type
+from .schemas import STATUS_UPDATE, TERMINAL_STATUSES, TaskStatus, utc_now_iso
+from .settings import ProgressSettings
 
 MESSAGE_FIELD = "message"
 """The stream field that holds an entry's JSON (the seed's field name)."""
@@ -31,7 +31,7 @@ def make_entry(entry_type: str, data: dict[str, Any], timestamp: str | None = No
 
 
 def encode_entry(entry: dict[str, Any], max_bytes: int) -> str:
-    """Encode an entry to compact JSON, its values converted by the rules of ``_jsonsafe`` (``data`` field by field).
+    """Encode an entry to compact JSON, its values converted by the rules of ``jsonsafe`` (``data`` field by field).
 
     Raises ``TypeError``/``ValueError`` naming the field of a value the rules refuse, and ``EntryTooLarge`` when the
     result exceeds ``max_bytes`` (UTF-8).

@@ -10,11 +10,11 @@ from typing import Any, NoReturn, TextIO
 
 from pydantic import ValidationError
 
-from ._errors import InvalidOperationId
-from ._keys import validate_operation_id
-from ._settings import ProgressSettings
-from ._watch import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, EXIT_USAGE, Watcher
-from ._watch_output import PROG, JsonSink, RichSink, Sink
+from .._core.errors import InvalidOperationId
+from .._core.keys import validate_operation_id
+from .._core.settings import ProgressSettings
+from .output import PROG, JsonSink, RichSink, Sink
+from .watch import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, EXIT_USAGE, Watcher
 
 DESCRIPTION = "Follow operations straight from Redis: history first, then live, until each reaches a final status."
 EPILOG = """\

@@ -17,11 +17,12 @@ from typing import Any
 
 from celery import Celery, Task, signals
 
-from . import _aggregate_hooks, _context
-from ._errors import EntryTooLarge, ProgressError
-from ._publisher import ProgressPublisher
-from ._schemas import STATUS_UPDATE, TaskStatus
-from ._settings import ProgressSettings
+from .._core.errors import EntryTooLarge, ProgressError
+from .._core.schemas import STATUS_UPDATE, TaskStatus
+from .._core.settings import ProgressSettings
+from . import aggregate_updater as _aggregate_hooks
+from . import context as _context
+from .publisher import ProgressPublisher
 
 logger = logging.getLogger(__name__)
 

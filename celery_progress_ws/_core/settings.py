@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ._origins import allowed_origin_entry
+from .origins import allowed_origin_entry
 
 
 class ProgressSettings(BaseSettings):

@@ -15,8 +15,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._codec import LIVE_SEPARATOR, MESSAGE_FIELD
-from ._keys import KeySpace
+from .codec import LIVE_SEPARATOR, MESSAGE_FIELD
+from .keys import KeySpace
 
 APPEND_FUNCTION = f"""
 local function append_entry(stream, maxlen, message, ttl, live)

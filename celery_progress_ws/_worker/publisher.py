@@ -2,7 +2,7 @@
 
 Threads: every public method may be called from any thread. ``_lock`` guards the throttle (all but its lock-free
 ``keep``, which lets a dropped report skip the lock), the rate state and the writer's buffer, and is never held
-during network I/O; decisions and enqueueing happen under it together, so the writer (see ``_writer``) delivers each
+during network I/O; decisions and enqueueing happen under it together, so the writer (see ``writer``) delivers each
 operation's entries in the order they were decided.
 
 Processes: a forked child starts clean (new locks, empty buffer, no thread, no connection; see ``os.register_at_fork``),
@@ -27,17 +27,17 @@ from typing import Any
 
 import redis
 
-from ._buffer import Rank
-from ._codec import encode_entry, make_entry, ttl_for
-from ._errors import InvalidOperationId, ProgressError
-from ._jsonsafe import PLAIN_TYPES, json_safe_fields, text_of
-from ._keys import KeySpace
-from ._progress import COMPUTED_FIELDS, Count, ProgressMeter, RawProgress, check_count, check_fields
-from ._redis_write import AppendCall, OperationAppender
-from ._schemas import CHUNKING_PROGRESS
-from ._settings import ProgressSettings
-from ._throttle import Decision, Throttle
-from ._writer import PublishResult, StreamWriter, rank_of
+from .._core.append import AppendCall, OperationAppender
+from .._core.codec import encode_entry, make_entry, ttl_for
+from .._core.errors import InvalidOperationId, ProgressError
+from .._core.jsonsafe import PLAIN_TYPES, json_safe_fields, text_of
+from .._core.keys import KeySpace
+from .._core.schemas import CHUNKING_PROGRESS
+from .._core.settings import ProgressSettings
+from .._core.throttle import Decision, Throttle
+from .buffer import Rank
+from .meter import COMPUTED_FIELDS, Count, ProgressMeter, RawProgress, check_count, check_fields
+from .writer import PublishResult, StreamWriter, rank_of
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class ProgressPublisher:
         """Write one entry now, after the operation's held-back progress value if there is one.
 
         ``final`` also forgets the operation's throttle and rate state (for the entry that ends a task attempt).
-        ``data`` is converted by the rules of ``celery_progress_ws._jsonsafe``. Raises ``InvalidOperationId``,
+        ``data`` is converted by the rules of ``celery_progress_ws._core.jsonsafe``. Raises ``InvalidOperationId``,
         ``EntryTooLarge`` or the ``TypeError``/``ValueError`` of a refused value before anything is written or
         forgotten; the held-back value written first never raises (one that cannot be encoded is logged and skipped).
         """
@@ -131,8 +131,8 @@ class ProgressPublisher:
         """Report progress, throttled per operation; see ``report_progress`` for the rules and the computed fields.
 
         ``fields`` and ``message`` are converted (or refused with ``TypeError``/``ValueError``) by the rules of
-        ``celery_progress_ws._jsonsafe`` before anything is stored. A value the throttle holds back while an earlier
-        one waits costs a type check per field, two number checks, a clock read and a tuple: no lock, no I/O, no JSON.
+        ``_core.jsonsafe`` before anything is stored. A value the throttle holds back while an earlier one waits costs
+        a type check per field, two number checks, a clock read and a tuple: no lock, no I/O, no JSON.
         Extra ``fields`` named like computed ones raise ``TypeError`` when the report is published.
         """
         if fields:  # a copy: a change the caller makes later must not reach a held-back value

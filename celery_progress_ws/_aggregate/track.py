@@ -3,7 +3,7 @@
 Each child task keeps its own stream. ``track`` stamps every leaf signature with a message header naming the
 operation (so a worker finds a child's parent without a Redis read), freezes the canvas to learn the child ids,
 registers the aggregate in one pipelined round trip and applies the signature. The arithmetic happens later, in
-Redis, in ``UPDATE_SCRIPT`` (see ``_aggregate_script``), called by the worker hooks in ``_aggregate_hooks``.
+Redis, in ``UPDATE_SCRIPT`` (see ``scripts``), called by the worker hooks in ``_worker.aggregate_updater``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import redis
 import redis.asyncio
 from celery.canvas import Signature, _chain, chord, group
 
-from ._aggregate_script import REGISTER_SCRIPT, UPDATE_SCRIPT
-from ._codec import encode_entry, make_entry
-from ._keys import MAX_OPERATION_ID_LENGTH, KeySpace, validate_operation_id
-from ._schemas import utc_now_iso
-from ._settings import ProgressSettings
+from .._core.codec import encode_entry, make_entry
+from .._core.keys import MAX_OPERATION_ID_LENGTH, KeySpace, validate_operation_id
+from .._core.schemas import utc_now_iso
+from .._core.settings import ProgressSettings
+from .scripts import REGISTER_SCRIPT, UPDATE_SCRIPT
 
 AGGREGATE_HEADER = "cpws_aggregate"
 """Message header, set on every child of a tracked canvas, holding the aggregate operation id."""

@@ -12,16 +12,16 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ._aggregate_hooks import child_progress as _child_progress
-from ._aggregate_hooks import running as _aggregate_children
-from ._context import local as _local
-from ._errors import NoOperationContext
-from ._keys import validate_entry_type
-from ._progress import Count
-from ._publisher import ProgressPublisher
-from ._schemas import CHUNKING_PROGRESS, CURRENT_STATE, HISTORY_GAP, STATUS_UPDATE
-from ._settings import ProgressSettings
-from ._writer import PublishResult
+from .._core.errors import NoOperationContext
+from .._core.keys import validate_entry_type
+from .._core.schemas import CHUNKING_PROGRESS, CURRENT_STATE, HISTORY_GAP, STATUS_UPDATE
+from .._core.settings import ProgressSettings
+from .aggregate_updater import child_progress as _child_progress
+from .aggregate_updater import running as _aggregate_children
+from .context import local as _local
+from .meter import Count
+from .publisher import ProgressPublisher
+from .writer import PublishResult
 
 RESERVED_EVENT_TYPES = frozenset({STATUS_UPDATE, CHUNKING_PROGRESS, CURRENT_STATE, HISTORY_GAP})
 """Entry types only the library writes; ``send_event`` refuses them."""
@@ -49,7 +49,7 @@ def report_progress(
     ``current_document``, ``message``, ``rate`` (items/s since the operation's first report), ``eta_seconds`` and the
     extra ``fields``. Counts, ``message`` and extra field values are checked and converted on every call, held back or
     not (datetimes to ISO 8601, sets to lists, NaN to null, other objects to their ``str()``...; the rules are in
-    ``celery_progress_ws._progress``); what the rules refuse (a tuple as a mapping key, a circular structure, a
+    ``celery_progress_ws._worker.meter``); what the rules refuse (a tuple as a mapping key, a circular structure, a
     ``str()`` that raises) raises ``TypeError``/``ValueError`` here, naming the field, and is never stored. An entry
     over ``max_entry_bytes`` raises ``EntryTooLarge`` when it is published; a held-back one is logged and skipped.
     Never raises for Redis trouble: the result says whether the entry was sent, throttled, buffered or dropped.

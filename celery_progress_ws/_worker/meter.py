@@ -14,7 +14,7 @@ Behaviour for unusual values (``report_progress`` and ``ProgressPublisher.progre
 - Extra fields must not reuse a computed field's name: a report that is published raises ``TypeError`` (the first
   report always is, so the mistake shows at once); a held-back value keeps the computed values.
 - Extra field values are converted on every call, held back or not, before anything is stored, by the rules of
-  ``celery_progress_ws._jsonsafe``: str/int/bool/None as they are, NaN and ±infinity as null, datetime/date/time as
+  ``celery_progress_ws._core.jsonsafe``: str/int/bool/None as they are, NaN and ±infinity as null, datetime/date/time as
   ISO 8601, an Enum as its value, UUID/Decimal/paths as their ``str()``, bytes as UTF-8 text (invalid bytes
   replaced), tuples and sets as lists (sets sorted when they can be), mappings as objects, anything else as its
   ``str()``. A mapping key that is not str/int/float/bool/None, or a ``str()`` that raises, is a ``TypeError``;

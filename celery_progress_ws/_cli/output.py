@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from ._schemas import CHUNKING_PROGRESS, STATUS_UPDATE, TaskStatus
+from .._core.schemas import CHUNKING_PROGRESS, STATUS_UPDATE, TaskStatus
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -19,11 +19,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ._codec import encode_entry, make_entry, terminal_status, ttl_for
-from ._keys import KeySpace, validate_entry_type
-from ._redis_write import APPEND_SCRIPT, AppendCall, channel_append, operation_append
-from ._settings import ProgressSettings
-from ._throttle import Decision, Throttle
+from .._core.append import APPEND_SCRIPT, AppendCall, channel_append, operation_append
+from .._core.codec import encode_entry, make_entry, terminal_status, ttl_for
+from .._core.keys import KeySpace, validate_entry_type
+from .._core.settings import ProgressSettings
+from .._core.throttle import Decision, Throttle
 
 logger = logging.getLogger(__name__)
 

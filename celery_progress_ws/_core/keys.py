@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from ._errors import InvalidChannelName, InvalidEntryType, InvalidOperationId
+from .errors import InvalidChannelName, InvalidEntryType, InvalidOperationId
 
 MAX_OPERATION_ID_LENGTH = 128
 MAX_CHANNEL_LENGTH = 200

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._schemas import wire_json_schema_text
-from ._watch_cli import add_watch_parser
+from .._core.schemas import wire_json_schema_text
+from .watch_cli import add_watch_parser
 
 Subcommands = Any  # argparse's private _SubParsersAction; not importable as a public type
 

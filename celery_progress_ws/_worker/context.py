@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._publisher import ProgressPublisher
+    from .publisher import ProgressPublisher
 
 
 @dataclass(eq=False, slots=True)

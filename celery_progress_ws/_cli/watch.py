@@ -17,7 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ._codec import (
+from .._core.codec import (
     decode_entry,
     decode_fields,
     decode_live,
@@ -25,11 +25,11 @@ from ._codec import (
     parse_stream_id,
     terminal_status,
 )
-from ._errors import MalformedEntry
-from ._keys import KeySpace
-from ._schemas import HISTORY_GAP, GapReason, TaskStatus, utc_now_iso
-from ._settings import ProgressSettings
-from ._watch_output import Sink, WatchedOperation
+from .._core.errors import MalformedEntry
+from .._core.keys import KeySpace
+from .._core.schemas import HISTORY_GAP, GapReason, TaskStatus, utc_now_iso
+from .._core.settings import ProgressSettings
+from .output import Sink, WatchedOperation
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1

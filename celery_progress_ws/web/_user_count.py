@@ -15,7 +15,7 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from .._keys import KeySpace
+from .._core.keys import KeySpace
 from ._tasks import stop_task
 
 logger = logging.getLogger(__name__)

@@ -20,12 +20,12 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import RedisError
 
-from ._aggregate import AGGREGATE_HEADER, update_args, update_keys
-from ._aggregate_script import UPDATE_SCRIPT
-from ._errors import ProgressError
-from ._keys import KeySpace
-from ._schemas import TaskStatus
-from ._settings import ProgressSettings
+from .._aggregate.scripts import UPDATE_SCRIPT
+from .._aggregate.track import AGGREGATE_HEADER, update_args, update_keys
+from .._core.errors import ProgressError
+from .._core.keys import KeySpace
+from .._core.schemas import TaskStatus
+from .._core.settings import ProgressSettings
 
 logger = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from ._buffer import EntryBuffer, Rank
-from ._redis_write import Append, AppendCall, ConnectionAppend, ScriptAppend
-from ._schemas import CHUNKING_PROGRESS, STATUS_UPDATE, TERMINAL_STATUSES
-from ._settings import ProgressSettings
+from .._core.append import Append, AppendCall, ConnectionAppend, ScriptAppend
+from .._core.schemas import CHUNKING_PROGRESS, STATUS_UPDATE, TERMINAL_STATUSES
+from .._core.settings import ProgressSettings
+from .buffer import EntryBuffer, Rank
 
 logger = logging.getLogger(__name__)
 

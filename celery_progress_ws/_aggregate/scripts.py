@@ -11,7 +11,7 @@ Hash fields: ``kind``, ``total`` (children), ``tw`` (total weight), ``sum`` (wei
 
 from __future__ import annotations
 
-from ._redis_write import APPEND_FUNCTION
+from .._core.append import APPEND_FUNCTION
 
 REGISTER_SCRIPT = (
     APPEND_FUNCTION

@@ -11,9 +11,9 @@ from typing import Any
 
 from celery import bootsteps, signals
 
-from ._publisher import ProgressPublisher
-from ._reporting import set_default_publisher
-from ._signals import disable_events, enable_worker_events, settings_for_app
+from .publisher import ProgressPublisher
+from .reporting import set_default_publisher
+from .signals import disable_events, enable_worker_events, settings_for_app
 
 
 class ProgressBootstep(bootsteps.StartStopStep):

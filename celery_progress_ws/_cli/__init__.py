@@ -1,0 +1,1 @@
+"""The ``celery-progress-ws`` command line: ``watch`` and ``schema``."""
