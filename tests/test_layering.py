@@ -43,7 +43,7 @@ def layer_of(path: Path) -> str:
 def imported(path: Path) -> tuple[set[str], set[str]]:
     """The package layers and the third-party top-level packages that ``path`` imports (at any depth of the file)."""
     relative_parts = path.relative_to(PACKAGE).with_suffix("").parts
-    package_parts = list(relative_parts[:-1]) if relative_parts[-1] != "__init__" else list(relative_parts[:-1])
+    package_parts = list(relative_parts[:-1])  # a module's package; for an __init__, the package itself
     layers: set[str] = set()
     third_party: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
