@@ -47,10 +47,15 @@ def server_binary() -> str:
 
 
 class PrivateRedis:
-    """A Redis-compatible server on its own free port, started and stopped by its owner alone."""
+    """A Redis-compatible server on its own free port, started and stopped by its owner alone.
 
-    def __init__(self, port: int | None = None) -> None:
+    With ``appendonly`` it keeps its data in an append-only file, so a restart keeps the streams; without, it loses
+    them.
+    """
+
+    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.mkdtemp(prefix="cpws-redis-")
         self._process: subprocess.Popen[bytes] | None = None
@@ -70,7 +75,7 @@ class PrivateRedis:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.appendonly else "no",
             "--dir",
             self._dir,
             "--daemonize",

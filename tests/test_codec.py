@@ -1,4 +1,4 @@
-"""How entries map to Redis: encoding, decoding, live announcements, stream ids, terminal status and TTLs."""
+"""How entries map to Redis: encoding, decoding, live announcements and stream ids."""
 
 from __future__ import annotations
 
@@ -12,19 +12,16 @@ from uuid import UUID
 
 import pytest
 
-from celery_progress_ws import EntryTooLarge, MalformedEntry, ProgressSettings, TaskStatus
+from celery_progress_ws import EntryTooLarge, MalformedEntry
 from celery_progress_ws._core.codec import (
     decode_entry,
     decode_fields,
     decode_live,
     delivered,
     encode_entry,
-    encode_live,
     is_valid_stream_id,
     make_entry,
     parse_stream_id,
-    terminal_status,
-    ttl_for,
 )
 
 
@@ -168,7 +165,7 @@ def test_decode_fields_accepts_bytes_or_str_keys() -> None:
 
 def test_live_announcements_round_trip() -> None:
     """A live announcement is the stream id, a space and the JSON; anything else is MalformedEntry."""
-    assert decode_live(encode_live("1-2", '{"a": 1}').encode()) == ("1-2", '{"a": 1}')
+    assert decode_live(b'1-2 {"a": 1}') == ("1-2", '{"a": 1}')
     for bad in ("no-separator", "x-1 {}", b"\xff\xfe 1"):
         with pytest.raises(MalformedEntry):
             decode_live(bad)
@@ -186,19 +183,3 @@ def test_stream_ids() -> None:
     assert not is_valid_stream_id(f"{2**64}-0")
     assert is_valid_stream_id(f"{2**64 - 1}-{2**64 - 2}")
     assert not is_valid_stream_id(f"{2**64 - 1}-{2**64 - 1}")  # nothing follows it: no exclusive range start
-
-
-def test_terminal_status() -> None:
-    """Only completed, failed and cancelled status entries end an operation."""
-    assert terminal_status({"type": "status_update", "data": {"status": "failed"}}) is TaskStatus.FAILED
-    assert terminal_status({"type": "status_update", "data": {"status": "started"}}) is None
-    assert terminal_status({"type": "tick", "data": {"status": "completed"}}) is None
-
-
-def test_ttl_follows_the_seed_policy_and_the_settings() -> None:
-    """86400 s while running, 300 s after completed/cancelled, 60 s after failed; each configurable."""
-    settings = ProgressSettings(stream_ttl_seconds=10, completed_ttl_seconds=5, failed_ttl_seconds=2)
-    assert ttl_for(ProgressSettings(), "chunking_progress", {}) == 86400
-    assert ttl_for(settings, "status_update", {"status": "started"}) == 10
-    assert ttl_for(settings, "status_update", {"status": "cancelled"}) == 5
-    assert ttl_for(settings, "status_update", {"status": "failed"}) == 2

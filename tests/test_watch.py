@@ -19,8 +19,9 @@ from celery_progress_ws._cli.output import JsonSink
 from celery_progress_ws._cli.watch import Watcher
 from celery_progress_ws._cli.watch_cli import main
 from celery_progress_ws._core.append import APPEND_SCRIPT, operation_append
-from celery_progress_ws._core.codec import encode_entry, make_entry, ttl_for
+from celery_progress_ws._core.codec import encode_entry, make_entry
 from celery_progress_ws._core.keys import KeySpace
+from celery_progress_ws._core.policy import ttl_for
 from devtools.servers import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,10 +165,10 @@ def test_entry_written_during_history_read_is_printed_once(
     written: list[str] = []
     original = Watcher._catch_up
 
-    def catch_up_after_a_write(self: Watcher, operation: Any, restarted: bool) -> None:
+    def catch_up_after_a_write(self: Watcher, operation: Any, run_id: str | None) -> None:
         if not written:
             written.append(status(append, "op", "completed"))  # lands in the stream and on the live channel
-        original(self, operation, restarted)
+        original(self, operation, run_id)
 
     monkeypatch.setattr(Watcher, "_catch_up", catch_up_after_a_write)
     out, err = io.StringIO(), io.StringIO()
@@ -240,3 +241,28 @@ def test_idle_connection_is_pinged_and_answers(
     assert Watcher(settings, ["op"], JsonSink(out, err), timeout=1.0).run() == 3
     assert err.getvalue() == ""
     assert len(out.getvalue().splitlines()) == 1
+
+
+@pytest.mark.integration
+def test_a_forged_id_ahead_of_the_stream_is_reported_and_the_stream_shown_from_its_start(
+    private_settings: ProgressSettings, private_client: redis.Redis
+) -> None:
+    """A live id the stream never issued hides what follows only until the next reconnect: then an `ahead_of_stream`
+    gap, and the stream again from its start (as the web half does)."""
+    append = appender(private_client, private_settings)
+    first = status(append, "op", "started")
+    process = watch_process(private_settings, "op")
+    assert [line["id"] for line in read_lines(process, 1)] == [first]
+    forged = "99999999999999-0"
+    message = encode_entry(make_entry("note", {"forged": True}), private_settings.max_entry_bytes)
+    private_client.publish(KeySpace(private_settings.key_prefix).live("op"), f"{forged} {message}")
+    assert [line["id"] for line in read_lines(process, 1)] == [forged]
+    hidden = progress(append, "op", 1)
+    private_client.client_kill_filter(_type="pubsub")
+    (gap,) = read_lines(process, 1)
+    last = status(append, "op", "completed")
+    code, rest, stderr = finish(process)
+    assert code == 0, stderr
+    assert gap["type"] == "history_gap"
+    assert gap["data"] == {"reason": "ahead_of_stream", "after_id": forged, "resumes_at": first}
+    assert [line["id"] for line in rest] == [first, hidden, last]

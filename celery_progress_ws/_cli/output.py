@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from .._core.schemas import CHUNKING_PROGRESS, STATUS_UPDATE, TaskStatus
+from .._core.streams import Position
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -23,7 +24,7 @@ class WatchedOperation:
     operation_id: str
     stream: str
     live: str
-    last_id: str | None = None
+    position: Position = field(default_factory=Position)
     final: TaskStatus | None = None
 
 

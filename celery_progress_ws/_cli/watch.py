@@ -2,7 +2,8 @@
 
 It subscribes to each operation's live channel first, then reads the stream's history, and drops every entry whose
 id it has already shown, so nothing written meanwhile is missed or shown twice. When Redis drops it reconnects and
-resumes after the last id it showed, reporting a ``history_gap`` when entries were lost in between.
+resumes after the last id it showed, reporting a ``history_gap`` when entries were lost in between (by the same rule
+as the web half, ``gap_reason``).
 """
 
 from __future__ import annotations
@@ -17,18 +18,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .._core.codec import (
-    decode_entry,
-    decode_fields,
-    decode_live,
-    delivered,
-    parse_stream_id,
-    terminal_status,
-)
+from .._core.codec import decode_entry, decode_fields, decode_live, delivered, parse_stream_id
 from .._core.errors import MalformedEntry
 from .._core.keys import KeySpace
+from .._core.policy import terminal_status
 from .._core.schemas import HISTORY_GAP, GapReason, TaskStatus, utc_now_iso
 from .._core.settings import ProgressSettings
+from .._core.streams import StreamInfo, gap_reason, stream_info
 from .output import Sink, WatchedOperation
 
 EXIT_COMPLETED = 0
@@ -73,7 +69,6 @@ class Watcher:
         self._sink = sink
         self._clock = clock
         self._deadline = None if timeout is None else clock() + timeout
-        self._run_id: str | None = None
         self._failures = 0
         self._client: redis.Redis = redis.Redis.from_url(
             settings.redis_url,
@@ -114,11 +109,9 @@ class Watcher:
             if pending is None:
                 return
             run_id = self._server_run_id()
-            restarted = self._run_id is not None and run_id is not None and run_id != self._run_id
-            self._run_id = run_id
             for operation in self._operations:
                 if operation.final is None:
-                    self._catch_up(operation, restarted)
+                    self._catch_up(operation, run_id)
             for message in pending:
                 self._on_live(message)
             self._failures = 0
@@ -171,16 +164,23 @@ class Watcher:
                 pubsub.ping()
                 ping_sent = now
 
-    def _catch_up(self, operation: WatchedOperation, restarted: bool) -> None:
-        """Deliver the stream's entries after the operation's last id, preceded by a gap notice if some were lost."""
-        reason = self._gap_reason(operation, restarted)
-        start = "-" if operation.last_id is None else "(" + operation.last_id
+    def _catch_up(self, operation: WatchedOperation, run_id: str | None) -> None:
+        """Deliver the stream's entries after the operation's position, preceded by a gap notice if some were lost."""
+        position = operation.position
+        info = self._info(operation.stream)
+        lost = position.restarted(run_id) and (info is None or not self._has_entry(operation.stream, position.last_id))
+        reason = gap_reason(info, position.key, restart_lost=lost)
+        after_id = position.last_id
+        if reason is GapReason.AHEAD_OF_STREAM:
+            position.forget()  # not an id of this stream: show it from its start
+        position.run_id = run_id
+        start = "-" if position.last_id is None else "(" + position.last_id
         batch_size = self._settings.history_batch
         first = True
         while operation.final is None:
             batch = self._xrange(operation.stream, start, "+", batch_size)
             if first and reason is not None:
-                self._report_gap(operation, reason, batch[0][0] if batch else None)
+                self._report_gap(operation, reason, after_id, batch[0][0] if batch else None)
             first = False
             for entry_id, fields in batch:
                 self._deliver(operation, entry_id, partial(decode_fields, fields))
@@ -188,37 +188,24 @@ class Watcher:
                 return
             start = "(" + batch[-1][0]
 
-    def _gap_reason(self, operation: WatchedOperation, restarted: bool) -> GapReason | None:
-        """Why entries after the operation's last id may be missing from its stream, or ``None`` if none are.
+    def _info(self, stream: str) -> StreamInfo | None:
+        """The stream's metadata, or ``None`` when it does not exist."""
+        if not self._client.exists(stream):
+            return None
+        return stream_info(self._client.xinfo_stream(stream))
 
-        Trimming removes the oldest entries only: nothing is missing while the last id is at or after the first
-        entry; before it, entries were lost if the stream was ever trimmed (``entries-added`` exceeds its length).
-        """
-        after = operation.last_id
-        if not self._client.exists(operation.stream):
-            if after is None:
-                return None
-            return GapReason.REDIS_RESTARTED if restarted else GapReason.STREAM_MISSING
-        if restarted and after is not None and not self._xrange(operation.stream, after, after, 1):
-            return GapReason.REDIS_RESTARTED
-        info: dict[str, Any] = self._client.xinfo_stream(operation.stream)
-        position = parse_stream_id(after) if after is not None else (0, 0)
-        deleted = info.get("max-deleted-entry-id")
-        if deleted and parse_stream_id(deleted) > position:
-            return GapReason.TRIMMED
-        first = info.get("first-entry")
-        added = info.get("entries-added")
-        if first and parse_stream_id(_text(first[0])) > position and (added is None or added > info["length"]):
-            return GapReason.TRIMMED
-        return None
+    def _has_entry(self, stream: str, entry_id: str | None) -> bool:
+        return entry_id is not None and bool(self._client.xrange(stream, entry_id, entry_id, 1))
 
     def _xrange(self, stream: str, start: str, end: str, count: int) -> list[tuple[str, dict[Any, Any]]]:
         """XRANGE with ids as text and field maps never ``None``."""
         entries = self._client.xrange(stream, start, end, count) or []
         return [(_text(entry_id), fields or {}) for entry_id, fields in entries]
 
-    def _report_gap(self, operation: WatchedOperation, reason: GapReason, resumes_at: str | None) -> None:
-        data = {"reason": str(reason), "after_id": operation.last_id, "resumes_at": resumes_at}
+    def _report_gap(
+        self, operation: WatchedOperation, reason: GapReason, after_id: str | None, resumes_at: str | None
+    ) -> None:
+        data = {"reason": str(reason), "after_id": after_id, "resumes_at": resumes_at}
         self._sink.gap(operation, {"type": HISTORY_GAP, "timestamp": utc_now_iso(), "data": data})
 
     def _on_live(self, message: dict[str, Any]) -> None:
@@ -236,9 +223,10 @@ class Watcher:
         """Show one entry unless its id was already shown; note a final status."""
         if operation.final is not None:
             return
-        if operation.last_id is not None and parse_stream_id(entry_id) <= parse_stream_id(operation.last_id):
+        key = parse_stream_id(entry_id)
+        if not operation.position.admits(key):
             return
-        operation.last_id = entry_id
+        operation.position.advance(entry_id, key)
         try:
             entry = decode()
         except MalformedEntry as exc:

@@ -1,4 +1,4 @@
-"""How entries map to Redis: JSON encoding, decoding with validation, stream ids and retention."""
+"""How entries map to Redis: JSON encoding, decoding with validation, live announcements and stream ids."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 from .errors import EntryTooLarge, MalformedEntry
 from .jsonsafe import json_safe, json_safe_fields
 from .keys import ENTRY_TYPE_RULE, is_valid_entry_type
-from .schemas import STATUS_UPDATE, TERMINAL_STATUSES, TaskStatus, utc_now_iso
-from .settings import ProgressSettings
+from .schemas import utc_now_iso
 
 MESSAGE_FIELD = "message"
 """The stream field that holds an entry's JSON (the seed's field name)."""
@@ -79,11 +78,6 @@ def delivered(entry_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     return {"id": entry_id, **entry}
 
 
-def encode_live(entry_id: str, message: str) -> str:
-    """A live announcement: the stream id, a space, the entry JSON."""
-    return entry_id + LIVE_SEPARATOR + message
-
-
 def decode_live(payload: str | bytes) -> tuple[str, str]:
     """Split a live announcement into ``(stream id, entry JSON)``; ``MalformedEntry`` if it is not one."""
     try:
@@ -125,22 +119,3 @@ _MAX_ID = f"{_ID_PART_LIMIT - 1}-{_ID_PART_LIMIT - 1}"
 def _is_number(text: str) -> bool:
     """ASCII digits only: ``str.isdigit`` also accepts characters such as ``²`` that ``int`` and Redis reject."""
     return text.isascii() and text.isdigit()
-
-
-def terminal_status(entry: dict[str, Any]) -> TaskStatus | None:
-    """The terminal status an entry announces, or ``None`` if it does not end the operation."""
-    if entry.get("type") != STATUS_UPDATE:
-        return None
-    status = entry["data"].get("status")
-    return TaskStatus(status) if isinstance(status, str) and status in TERMINAL_STATUSES else None
-
-
-def ttl_for(settings: ProgressSettings, entry_type: str, data: dict[str, Any]) -> int:
-    """The stream TTL to set after writing an entry: long while running, short after a terminal status."""
-    if entry_type == STATUS_UPDATE:
-        status = data.get("status")
-        if status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED):
-            return settings.completed_ttl_seconds
-        if status == TaskStatus.FAILED:
-            return settings.failed_ttl_seconds
-    return settings.stream_ttl_seconds

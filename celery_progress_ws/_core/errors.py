@@ -73,3 +73,7 @@ class ServerLimitExceeded(ConnectionRefused):
     """The process already holds ``max_total_connections`` connections."""
 
     reason = "Server connection limit exceeded"
+
+
+class SourceUnavailable(ProgressError):
+    """The stream store cannot be reached right now; delivery resumes when it reconnects."""

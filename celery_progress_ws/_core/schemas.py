@@ -36,18 +36,6 @@ CURRENT_STATE = "current_state"
 HISTORY_GAP = "history_gap"
 """Sent before the entries that follow a gap the server could not fill (trimmed, expired or lost entries)."""
 
-CHUNKING_EVENTS = frozenset(
-    {
-        "chunking_started",
-        "chunking_document_start",
-        "chunking_document_complete",
-        "chunking_completed",
-        "chunking_failed",
-        "chunking_cancelled",
-        "chunking_strategy_changed",
-    }
-)
-
 
 class GapReason(StrEnum):
     """Why a ``history_gap`` was sent."""

@@ -28,10 +28,11 @@ from typing import Any
 import redis
 
 from .._core.append import AppendCall, OperationAppender
-from .._core.codec import encode_entry, make_entry, ttl_for
+from .._core.codec import encode_entry, make_entry
 from .._core.errors import InvalidOperationId, ProgressError
 from .._core.jsonsafe import PLAIN_TYPES, json_safe_fields, text_of
 from .._core.keys import KeySpace
+from .._core.policy import ttl_for
 from .._core.schemas import CHUNKING_PROGRESS
 from .._core.settings import ProgressSettings
 from .._core.throttle import Decision, Throttle

@@ -26,7 +26,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .._core.append import Append, AppendCall, ConnectionAppend, ScriptAppend
-from .._core.schemas import CHUNKING_PROGRESS, STATUS_UPDATE, TERMINAL_STATUSES
+from .._core.policy import terminal_status_of
+from .._core.schemas import CHUNKING_PROGRESS
 from .._core.settings import ProgressSettings
 from .buffer import EntryBuffer, Rank
 
@@ -50,7 +51,7 @@ def rank_of(entry_type: str, data: dict[str, Any]) -> Rank:
     """How long an entry is kept when the buffer overflows."""
     if entry_type == CHUNKING_PROGRESS:
         return Rank.PROGRESS
-    if entry_type == STATUS_UPDATE and data.get("status") in TERMINAL_STATUSES:
+    if terminal_status_of(entry_type, data) is not None:
         return Rank.TERMINAL
     return Rank.EVENT
 

@@ -20,8 +20,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .._core.append import APPEND_SCRIPT, AppendCall, channel_append, operation_append
-from .._core.codec import encode_entry, make_entry, terminal_status, ttl_for
+from .._core.codec import encode_entry, make_entry
 from .._core.keys import KeySpace, validate_entry_type
+from .._core.policy import is_terminal, ttl_for
 from .._core.settings import ProgressSettings
 from .._core.throttle import Decision, Throttle
 
@@ -85,7 +86,7 @@ class AsyncProgressPublisher:
         """
         entry = make_entry(validate_entry_type(entry_type), data, timestamp)
         message = encode_entry(entry, self.settings.max_entry_bytes)
-        terminal = terminal_status(entry) is not None
+        terminal = is_terminal(entry)
         if throttle and not terminal:
             key = throttle_key or operation_id
             pending = _Pending(operation_id, message, ttl_for(self.settings, entry_type, data))

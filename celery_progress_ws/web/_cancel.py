@@ -18,12 +18,11 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from .._aggregate.track import aggregate_children_async, cancel_aggregate_async
-from .._core.codec import terminal_status
-from .._core.errors import ProgressError
+from .._core.errors import ProgressError, SourceUnavailable
 from .._core.keys import validate_operation_id
+from .._core.policy import terminal_status
 from .._core.schemas import STATUS_UPDATE, TaskStatus
 from ._manager import ProgressManager
-from ._source import SourceUnavailable
 
 logger = logging.getLogger(__name__)
 

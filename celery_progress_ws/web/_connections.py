@@ -15,10 +15,10 @@ from collections.abc import Coroutine
 from typing import Any
 
 from .._core.errors import UserLimitExceeded
+from .._core.streams import Topic
 from ._hub import Hub
 from ._registry import ConnectionKey, ConnectionRegistry, SharedUserCount
 from ._session import CLOSE_TIMEOUT_SECONDS, Session
-from ._source import Topic
 from ._tasks import stop_task
 
 

@@ -19,11 +19,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .._core.codec import StreamId, decode_entry, parse_stream_id, terminal_status
-from .._core.errors import MalformedEntry
+from .._core.codec import StreamId, decode_entry, parse_stream_id
+from .._core.errors import MalformedEntry, SourceUnavailable
+from .._core.policy import is_finished, is_terminal
 from .._core.schemas import GapReason
+from .._core.streams import StreamSource, Topic, TopicKind, gap_reason
 from ._outbox import Outgoing
-from ._source import RawEntry, SourceUnavailable, StreamSource, Topic, TopicKind, gap_reason
 from ._subscriber import CLOSE_COMPLETED, Subscriber
 from ._tasks import stop_task
 
@@ -68,11 +69,6 @@ class Hub:
         """Per topic: a terminal live entry being confirmed from the stream, and the live entries that followed it."""
         self._confirming: dict[Topic, asyncio.Task[None]] = {}
 
-    @property
-    def topics(self) -> list[Topic]:
-        """Topics with at least one subscriber in this process."""
-        return list(self._topics)
-
     def subscribers(self, topic: Topic) -> list[Subscriber]:
         return list(self._topics.get(topic, ()))
 
@@ -96,7 +92,7 @@ class Hub:
 
     def broadcast(self, topic: Topic, message: dict[str, Any]) -> int:
         """Hand a message without stream id straight to the local subscribers of ``topic``; return how many."""
-        terminal = topic.kind is TopicKind.OPERATION and _is_terminal(message)
+        terminal = topic.kind is TopicKind.OPERATION and is_terminal(message)
         item = Outgoing.unstored(message, terminal=terminal)
         subscribers = self._topics.get(topic, ())
         for subscriber in subscribers:
@@ -141,11 +137,9 @@ class Hub:
             for subscriber in subscribers:
                 subscriber.begin_catch_up()
 
-    def on_restored(self, restarted: bool) -> None:
+    def on_restored(self) -> None:
         for subscribers in self._topics.values():
             for subscriber in subscribers:
-                if restarted:
-                    subscriber.note_gap(GapReason.REDIS_RESTARTED)
                 if subscriber.catching_up:
                     self._schedule(subscriber)
 
@@ -181,7 +175,7 @@ class Hub:
 
     def _offer_confirmed(self, topic: Topic, item: Outgoing) -> None:
         for subscriber in self.subscribers(topic):
-            position = subscriber.position
+            position = subscriber.position.key
             if item.key is not None and position is not None and position > item.key and not subscriber.catching_up:
                 # ahead of an entry the stream has: the position came from an id the stream never issued
                 subscriber.rewind(GapReason.AHEAD_OF_STREAM)
@@ -240,20 +234,21 @@ class Hub:
                 return
 
     async def _read_history(self, subscriber: Subscriber) -> None:
-        topic = subscriber.topic
-        if subscriber.position is not None:
+        topic, position = subscriber.topic, subscriber.position
+        run_id = self.source.run_id
+        if position.key is not None:
             info = await self.source.info(topic)
-            newest = info.last if info is not None else None
-            newest_key = parse_stream_id(newest[0]) if newest is not None else None
-            reason = gap_reason(info, subscriber.position)
-            if newest_key is not None and subscriber.position > newest_key:
-                subscriber.rewind(GapReason.AHEAD_OF_STREAM)  # not an id of this stream: send it from its start
+            lost = position.restarted(run_id) and (info is None or not await self._has_entry(topic, position.key))
+            reason = gap_reason(info, position.key, restart_lost=lost)
+            if reason is GapReason.AHEAD_OF_STREAM:
+                subscriber.rewind(reason)  # not an id of this stream: send it from its start
             elif reason is not None:
                 subscriber.note_gap(reason)
-            elif newest is not None and newest_key == subscriber.position and self._is_terminal(topic, newest):
+            elif info is not None and info.last is not None and self._finished(topic, position.key, *info.last):
                 subscriber.outbox.close(*CLOSE_COMPLETED)  # resumed at the terminal entry: nothing will come
                 return
-        cursor = subscriber.last_id
+        position.run_id = run_id
+        cursor = position.last_id
         while True:
             batch = await self.source.read_after(topic, cursor, self._history_batch)
             for entry_id, message in batch:
@@ -264,32 +259,39 @@ class Hub:
             if len(batch) < self._history_batch:
                 return
 
-    def _is_terminal(self, topic: Topic, entry: RawEntry) -> bool:
-        item = self.decode(topic, *entry)
-        return item is not None and item.terminal
+    async def _has_entry(self, topic: Topic, key: StreamId) -> bool:
+        """Whether the stream still holds the entry with id ``key``."""
+        rows = await self.source.read_after(topic, _predecessor(key), 1) if key > (0, 0) else []
+        return bool(rows) and parse_stream_id(rows[0][0]) == key
+
+    def _finished(self, topic: Topic, position: StreamId, newest_id: str, message: bytes | str | None) -> bool:
+        """Whether a subscriber at ``position`` has everything of an operation that ended (see ``is_finished``)."""
+        parsed = self._parse(topic, newest_id, message) if topic.kind is TopicKind.OPERATION else None
+        return parsed is not None and is_finished(position, *parsed)
 
     def decode(self, topic: Topic, entry_id: str, message: bytes | str | None) -> Outgoing | None:
         """Decode a stored entry once; log and skip anything that is not a valid entry."""
+        parsed = self._parse(topic, entry_id, message)
+        if parsed is None:
+            return None
+        key, entry = parsed
+        return Outgoing.stored(entry_id, key, entry, terminal=topic.kind is TopicKind.OPERATION and is_terminal(entry))
+
+    def _parse(
+        self, topic: Topic, entry_id: str, message: bytes | str | None
+    ) -> tuple[StreamId, dict[str, Any]] | None:
         try:
             if message is None:
                 raise MalformedEntry("entry has no `message` field")
             if len(message) > self._max_entry_bytes:
                 raise MalformedEntry(f"entry is {len(message)} bytes; the limit is {self._max_entry_bytes}")
-            entry = decode_entry(message)
-            key = parse_stream_id(entry_id)
+            return parse_stream_id(entry_id), decode_entry(message)
         except MalformedEntry as exc:
             logger.warning("Skipping entry %s of %s %r: %s", entry_id, topic.kind, topic.name, exc)
             return None
-        terminal = topic.kind is TopicKind.OPERATION and terminal_status(entry) is not None
-        return Outgoing.stored(entry_id, key, entry, terminal=terminal)
 
 
 def _predecessor(key: StreamId) -> str:
     """The greatest id before ``key``: reading after it starts at ``key`` itself."""
     millis, sequence = key
     return f"{millis}-{sequence - 1}" if sequence else f"{millis - 1}-{2**64 - 1}"
-
-
-def _is_terminal(message: dict[str, Any]) -> bool:
-    data = message.get("data")
-    return isinstance(data, dict) and terminal_status({"type": message.get("type"), "data": data}) is not None

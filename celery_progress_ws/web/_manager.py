@@ -16,11 +16,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
-from .._core.codec import is_valid_stream_id, make_entry, terminal_status
-from .._core.errors import ConnectionRefused
+from .._core.codec import is_valid_stream_id, make_entry, parse_stream_id
+from .._core.errors import ConnectionRefused, SourceUnavailable
 from .._core.keys import validate_channel, validate_entry_type, validate_operation_id
+from .._core.policy import is_finished
 from .._core.schemas import CHUNKING_PROGRESS
 from .._core.settings import ProgressSettings
+from .._core.streams import Topic, TopicKind
 from ._async_publisher import AsyncProgressPublisher
 from ._connections import Connections
 from ._hub import Hub
@@ -30,7 +32,6 @@ from ._redis_source import RedisSource, command_client, pubsub_client
 from ._registry import ConnectionKey
 from ._server_exit import ServerExitWatch
 from ._session import Session
-from ._source import SourceUnavailable, Topic, TopicKind
 from ._state import OperationGetter, current_state, has_status_and_progress, snapshot
 from ._subscriber import CLOSE_COMPLETED
 from ._user_count import RedisUserCount
@@ -355,13 +356,15 @@ class ProgressManager:
         An id after the newest entry is not: the stream never issued it (the client gets a gap, then the stream).
         """
         topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
+        if not is_valid_stream_id(last_event_id):
+            return False
         try:
             newest = await self._reads.newest(topic, lambda entries: True, 1)
         except SourceUnavailable:
             return False
-        return any(
-            entry_id == last_event_id and terminal_status(entry) is not None for entry_id, entry in newest.entries
-        )
+        newest_id = parse_stream_id(newest.newest_id) if newest.newest_id is not None else None
+        entry = newest.entries[0][1] if newest.entries else None  # the newest entry, unless it was skipped
+        return is_finished(parse_stream_id(last_event_id), newest_id, entry)
 
     async def cleanup_stream(self, operation_id: str) -> None:
         """Delete an operation's stream (when it is finished or deleted) to free Redis memory."""

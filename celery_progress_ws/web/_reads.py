@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._core.codec import decode_entry
-from .._core.errors import MalformedEntry
-from ._source import SourceUnavailable, StreamSource, Topic
+from .._core.errors import MalformedEntry, SourceUnavailable
+from .._core.streams import StreamSource, Topic
 
 REQUEST_BATCH = 16
 """Entries per command: small, so one command never holds the shared connection for long."""

@@ -3,7 +3,7 @@
 The pub/sub connection is subscribed to the live channel of every topic with a local subscriber. Each announcement
 carries its stream id (``APPEND_SCRIPT`` publishes ``"<id> <json>"``), so nothing is read back for live delivery.
 When the connection drops, the source tells the hub (which starts buffering and re-reading), reconnects with capped
-exponential backoff for as long as it takes, resubscribes, compares Redis' ``run_id`` and tells the hub again.
+exponential backoff for as long as it takes, resubscribes, notes Redis' ``run_id`` and tells the hub again.
 
 Commands are bounded in time: each one fails after the socket timeout (a timeout is not retried), waiting for the
 command connection is bounded by the same timeout, and while Redis is stalled reads fail fast (see ``StallGuard``).
@@ -27,11 +27,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._core.codec import MESSAGE_FIELD, decode_live, parse_stream_id
-from .._core.errors import MalformedEntry
+from .._core.codec import decode_live
+from .._core.errors import MalformedEntry, SourceUnavailable
 from .._core.keys import KeySpace
 from .._core.settings import ProgressSettings
-from ._source import RawEntry, SourceListener, SourceUnavailable, StreamInfo, Topic, TopicKind
+from .._core.streams import RawEntry, SourceListener, StreamInfo, Topic, TopicKind, raw_entry, stream_info
 from ._stall import StallGuard
 from ._tasks import stop_task
 
@@ -108,6 +108,10 @@ class RedisSource:
     @property
     def available(self) -> bool:
         return self._available
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id
 
     def now_ms(self) -> float:
         """Redis' current time in milliseconds (the time its new stream ids carry), as measured at the last connect."""
@@ -206,7 +210,7 @@ class RedisSource:
             self._read_error_logged = True
             logger.log(level, "Cannot read the stream of %s %r: %s", topic.kind, topic.name, exc)
             return []
-        return [(_text(entry_id), _message(fields)) for entry_id, fields in rows]
+        return [raw_entry(entry_id, fields) for entry_id, fields in rows]
 
     async def info(self, topic: Topic) -> StreamInfo | None:
         stream = self._stream(topic)
@@ -216,17 +220,7 @@ class RedisSource:
             raise SourceUnavailable("XINFO failed") from exc
         except ResponseError:  # no such key (or not a stream)
             return None
-        first = raw.get("first-entry")
-        last = raw.get("last-entry")
-        max_deleted = raw.get("max-deleted-entry-id")
-        added = raw.get("entries-added")
-        return StreamInfo(
-            length=int(raw["length"]),
-            first_id=parse_stream_id(first[0]) if first else None,
-            max_deleted_id=parse_stream_id(max_deleted) if max_deleted is not None else None,
-            entries_added=int(added) if added is not None else None,
-            last=(_text(last[0]), _message(last[1])) if last else None,
-        )
+        return stream_info(raw)
 
     # -- the connection loop --------------------------------------------------------------------------------------
 
@@ -267,7 +261,7 @@ class RedisSource:
             await pubsub.connect()  # type: ignore[no-untyped-call]
             asked = time.time() * 1000
             server = await self._commands.info("server")
-            run_id = str(server.get("run_id", ""))
+            run_id = str(server.get("run_id", "")) or None
             self._clock_offset_ms = _clock_offset_ms(server, (asked + time.time() * 1000) / 2)
             async with self._send_lock:
                 self._generation += 1
@@ -281,10 +275,9 @@ class RedisSource:
         except BaseException:
             await self._disconnect(pubsub)
             raise
-        restarted = self._run_id is not None and run_id != self._run_id
         self._run_id = run_id
         if self._listener is not None:
-            self._listener.on_restored(restarted)
+            self._listener.on_restored()
         return pubsub
 
     async def _listen(self, pubsub: PubSub) -> None:
@@ -345,12 +338,3 @@ def _clock_offset_ms(server: dict[str, Any], local_ms: float) -> float:
         return int(reported) / 1000 - local_ms if reported is not None else 0.0
     except (TypeError, ValueError):
         return 0.0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _message(fields: dict[Any, Any]) -> bytes | str | None:
-    message: bytes | str | None = fields.get(MESSAGE_FIELD.encode(), fields.get(MESSAGE_FIELD))
-    return message

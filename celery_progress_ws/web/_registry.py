@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from .._core.errors import ServerLimitExceeded, UserLimitExceeded
-from ._source import TopicKind
+from .._core.streams import TopicKind
 
 H = TypeVar("H")
 

@@ -13,12 +13,11 @@ from fastapi.responses import FileResponse
 from starlette.requests import HTTPConnection
 
 from .._core.codec import is_valid_stream_id
-from .._core.errors import ConnectionRefused, InvalidChannelName, InvalidOperationId, Unauthorized
+from .._core.errors import ConnectionRefused, InvalidChannelName, InvalidOperationId, SourceUnavailable, Unauthorized
 from .._core.keys import validate_channel, validate_operation_id
 from ._cancel import BrokerUnavailable, Canceller, OperationFinished, OperationNotFound
 from ._manager import ProgressManager
 from ._origin import OriginPolicy
-from ._source import SourceUnavailable
 from ._sse import EventStreamResponse
 from ._websocket import POLICY_VIOLATION, refuse
 

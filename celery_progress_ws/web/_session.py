@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
 from .._core.errors import ProgressError
+from .._core.streams import Topic
 from ._outbox import Outbox, Outgoing
 from ._registry import ConnectionKey
-from ._source import Topic
 from ._subscriber import Subscriber
 
 logger = logging.getLogger(__name__)

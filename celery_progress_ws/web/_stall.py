@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._source import SourceUnavailable
+from .._core.errors import SourceUnavailable
 
 T = TypeVar("T")
 

@@ -12,10 +12,9 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from .._core.codec import StreamId, parse_stream_id
 from .._core.schemas import HISTORY_GAP, GapReason, utc_now_iso
+from .._core.streams import Position, Topic
 from ._outbox import Outbox, Outgoing
-from ._source import Topic
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +35,7 @@ class Subscriber:
     ) -> None:
         self.topic = topic
         self.outbox = Outbox(capacity, on_closing)
-        self.last_id = last_event_id
-        self.position: StreamId | None = parse_stream_id(last_event_id) if last_event_id else None
+        self.position = Position(last_event_id)
         self.catching_up = True
         self.rerun = False
         """Set when another catch-up round is needed (the live connection was lost meanwhile)."""
@@ -76,13 +74,12 @@ class Subscriber:
     def note_gap(self, reason: GapReason) -> None:
         """Tell the client about a gap before the next entry it receives (or when the catch-up ends)."""
         if self._gap is None or reason is GapReason.REDIS_RESTARTED:
-            self._gap = (reason, self.last_id)
+            self._gap = (reason, self.position.last_id)
 
     def rewind(self, reason: GapReason) -> None:
         """Forget a position the stream never issued: a gap message, then the stream from its start (next read)."""
-        self._gap = (reason, self.last_id)
-        self.position = None
-        self.last_id = None
+        self._gap = (reason, self.position.last_id)
+        self.position.forget()
 
     def begin_catch_up(self) -> None:
         """Buffer live entries again and ask for another catch-up round (after the live connection was lost)."""
@@ -128,12 +125,12 @@ class Subscriber:
 
     def _admit(self, item: Outgoing) -> bool:
         """The exactly-once gate: stored entries must be newer than the last one delivered."""
-        if item.key is None:
+        entry_id, key = item.entry_id, item.key
+        if entry_id is None or key is None:
             return True
-        if self.position is not None and item.key <= self.position:
+        if not self.position.admits(key):
             return False
-        self.position = item.key
-        self.last_id = item.entry_id
+        self.position.advance(entry_id, key)
         return True
 
     def _send_nowait(self, item: Outgoing) -> None:

@@ -13,7 +13,8 @@ import json
 from typing import Any
 
 from celery_progress_ws._core.codec import make_entry, parse_stream_id
-from celery_progress_ws.web._source import RawEntry, SourceListener, SourceUnavailable, StreamInfo, Topic
+from celery_progress_ws._core.errors import SourceUnavailable
+from celery_progress_ws._core.streams import RawEntry, SourceListener, StreamInfo, Topic
 
 
 class FakeSource:
@@ -25,11 +26,16 @@ class FakeSource:
         self.listener: SourceListener | None = None
         self.up = True
         self.trimmed: dict[Topic, int] = {}
+        self.runs = 1
         self._sequence = 0
 
     @property
     def available(self) -> bool:
         return self.up
+
+    @property
+    def run_id(self) -> str:
+        return f"run-{self.runs}"
 
     def append(self, topic: Topic, entry_type: str = "note", data: dict[str, Any] | None = None) -> str:
         """Store an entry (ids increase) and announce it if the topic is subscribed and the source is up."""
@@ -57,9 +63,11 @@ class FakeSource:
             self.listener.on_lost()
 
     def come_back(self, restarted: bool = False) -> None:
+        """Reconnect; ``restarted`` gives the store a new run id (what it kept is up to the test)."""
         self.up = True
+        self.runs += restarted
         if self.listener is not None:
-            self.listener.on_restored(restarted)
+            self.listener.on_restored()
 
     async def ensure(self, topic: Topic) -> None:
         if not self.up:
@@ -93,4 +101,5 @@ class FakeSource:
         if entries is None:
             return None
         first = parse_stream_id(entries[0][0]) if entries else None
-        return StreamInfo(length=len(entries), first_id=first, entries_added=len(entries) + self.trimmed.get(topic, 0))
+        added = len(entries) + self.trimmed.get(topic, 0)
+        return StreamInfo(len(entries), first, entries_added=added, last=entries[-1] if entries else None)

@@ -1,4 +1,4 @@
-"""The delivery core in-process: outbox, subscriber, hub (over an in-memory source), registry and gap rules."""
+"""The delivery core in-process: outbox, subscriber, hub (over an in-memory source) and registry."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import random
 import pytest
 from fakes import FakeSource
 
-from celery_progress_ws._core.codec import StreamId
 from celery_progress_ws._core.errors import ServerLimitExceeded, UserLimitExceeded
 from celery_progress_ws._core.schemas import GapReason
+from celery_progress_ws._core.streams import Topic, TopicKind
 from celery_progress_ws.web._hub import Hub
 from celery_progress_ws.web._outbox import Outbox, Outgoing
 from celery_progress_ws.web._registry import ConnectionKey, ConnectionRegistry
-from celery_progress_ws.web._source import StreamInfo, Topic, TopicKind, gap_reason
 from celery_progress_ws.web._subscriber import Subscriber
 
 TOPIC = Topic(TopicKind.OPERATION, "op-1")
@@ -225,7 +224,7 @@ async def test_hub_tells_resuming_subscribers_about_trimmed_entries() -> None:
 
 
 async def test_hub_tells_subscribers_when_the_store_restarted() -> None:
-    """After an outage with a restart, each subscriber gets a `redis_restarted` gap, then what follows."""
+    """After a restart that lost the stream, each subscriber gets a `redis_restarted` gap, then what follows."""
     source = FakeSource()
     hub = Hub(source, history_batch=10, max_entry_bytes=10_000, retry_max_seconds=0.01)
     source.listener = hub
@@ -238,6 +237,40 @@ async def test_hub_tells_subscribers_when_the_store_restarted() -> None:
     source.come_back(restarted=True)
     last = source.append(TOPIC, "status_update", {"status": "completed"})
     assert await consume(subscriber) == ["history_gap", last]
+
+
+async def test_hub_sends_no_gap_after_a_restart_that_kept_the_stream() -> None:
+    """A restart (new run id) that kept the subscriber's entry (AOF, a replica) lost nothing: no gap, what follows."""
+    source = FakeSource()
+    hub = Hub(source, history_batch=10, max_entry_bytes=10_000, retry_max_seconds=0.01)
+    source.listener = hub
+    first = source.append(TOPIC)
+    subscriber = Subscriber(TOPIC, capacity=10)
+    hub.attach(subscriber)
+    assert await next_id(subscriber) == first
+    source.go_down()
+    source.come_back(restarted=True)
+    last = source.append(TOPIC, "status_update", {"status": "completed"})
+    assert await consume(subscriber) == [last]
+
+
+async def test_hub_reports_a_restart_that_lost_the_subscribers_entry_though_the_stream_goes_on() -> None:
+    """A restart back to an older copy of the stream gives `redis_restarted`; what the subscriber had is not resent."""
+    source = FakeSource()
+    hub = Hub(source, history_batch=10, max_entry_bytes=10_000, retry_max_seconds=0.01)
+    source.listener = hub
+    ids = [source.append(TOPIC) for _ in range(3)]
+    subscriber = Subscriber(TOPIC, capacity=10)
+    hub.attach(subscriber)
+    assert [await next_id(subscriber) for _ in ids] == ids
+    source.go_down()
+    del source.streams[TOPIC][1:]  # the restarted store had only saved the first entry
+    source.come_back(restarted=True)
+    gap = await subscriber.outbox.get()  # sent as the catch-up ends: the stream has nothing after the position
+    assert gap is not None
+    assert json.loads(gap.text)["data"] == {"reason": "redis_restarted", "after_id": ids[-1], "resumes_at": None}
+    last = source.append(TOPIC, "status_update", {"status": "completed"})
+    assert await consume(subscriber) == [last]
 
 
 async def test_hub_skips_malformed_entries() -> None:
@@ -287,31 +320,10 @@ async def test_hub_unsubscribes_a_topic_when_its_last_subscriber_leaves() -> Non
     assert TOPIC in source.subscribed
     await hub.detach(two)
     assert TOPIC not in source.subscribed
-    assert hub.topics == []
+    assert hub.subscribers(TOPIC) == []
 
 
-# -- gap rules, registry --------------------------------------------------------------------------------------------
-
-
-def info(length: int, first: StreamId | None, added: int | None, max_deleted: StreamId | None = None) -> StreamInfo:
-    return StreamInfo(length=length, first_id=first, max_deleted_id=max_deleted, entries_added=added)
-
-
-@pytest.mark.parametrize(
-    ("stream", "position", "reason"),
-    [
-        (None, (5, 0), GapReason.STREAM_MISSING),
-        (info(3, (4, 0), 3), (5, 0), None),
-        (info(3, (4, 0), 3), (1, 0), None),
-        (info(3, (4, 0), 6), (1, 0), GapReason.TRIMMED),
-        (info(3, (4, 0), 6), (4, 0), None),
-        (info(3, (4, 0), None), (1, 0), GapReason.TRIMMED),
-        (info(3, (4, 0), 3, max_deleted=(9, 0)), (5, 0), GapReason.TRIMMED),
-    ],
-)
-def test_gap_reason(stream: StreamInfo | None, position: StreamId, reason: GapReason | None) -> None:
-    """Missing streams and trimming before the first entry are gaps; nothing else is."""
-    assert gap_reason(stream, position) is reason
+# -- registry --------------------------------------------------------------------------------------------------
 
 
 def test_registry_enforces_user_then_server_limits_with_structured_keys() -> None:

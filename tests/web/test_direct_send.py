@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from celery_progress_ws._core.codec import parse_stream_id
+from celery_progress_ws._core.streams import Topic, TopicKind
 from celery_progress_ws.web._outbox import Outgoing
 from celery_progress_ws.web._registry import ConnectionKey
 from celery_progress_ws.web._session import Session, TransportClosed
-from celery_progress_ws.web._source import Topic, TopicKind
 
 TOPIC = Topic(TopicKind.OPERATION, "op-1")
 

@@ -18,8 +18,8 @@ from websockets.asyncio.client import connect
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws._core.keys import KeySpace
+from celery_progress_ws._core.streams import Topic, TopicKind
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
-from celery_progress_ws.web._source import Topic, TopicKind
 from devtools.servers import PrivateRedis
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from harness import SseEvent, ThreadServer, sse_events
 from redis.asyncio import Redis
 
 from celery_progress_ws import InvalidEntryType, MalformedEntry, ProgressSettings, send_event
-from celery_progress_ws._core.codec import decode_entry, encode_live
+from celery_progress_ws._core.codec import decode_entry
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web import ProgressManager
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
@@ -69,7 +69,7 @@ async def write_raw(raw_redis: Redis, settings: ProgressSettings, operation: str
     """Append ``entry`` as it is (no validation) and announce it live, as a hand-written writer could."""
     keys = KeySpace(settings.key_prefix)
     entry_id = (await raw_redis.xadd(keys.stream(operation), {"message": entry})).decode()
-    await raw_redis.publish(keys.live(operation), encode_live(entry_id, entry))
+    await raw_redis.publish(keys.live(operation), f"{entry_id} {entry}")
     return entry_id
 
 
