@@ -1,10 +1,11 @@
 """Aggregate operations at scale: round trips and aggregate entries per child update, and the aggregate's lag.
 
 A fast simulated publisher drives groups of 100 / 1,000 / 10,000 children through the same hooks the Celery signals
-call (``child_status`` for started and completed, ``child_progress`` for ``report_progress``), from 4 threads standing
-in for 4 worker processes. Each child reports ``started``, 4 progress values and ``completed``. Lag: from the moment
-the last ``completed`` hook call begins (any thread) to the id (Redis clock, 1 ms resolution) of the aggregate's
-terminal entry: the terminal is written by that very call, so the lag is one round trip.
+call (``child_status`` for started and completed, ``child_progress`` for ``report_progress``), inside a task scope as
+``task_prerun`` pushes it, from 4 threads standing in for 4 worker processes. Each child reports ``started``, 4 progress
+values and ``completed``. Lag: from the moment the last ``completed`` hook call begins (any thread) to the id (Redis
+clock, 1 ms resolution) of the aggregate's terminal entry: the terminal is written by that very call, so the lag is one
+round trip.
 
     .venv/bin/python benchmarks/bench_aggregate.py            # print the table (bounded: about a minute at most)
 
@@ -28,7 +29,8 @@ from celery_progress_ws._aggregate.track import AGGREGATE_HEADER, _register
 from celery_progress_ws._core.codec import decode_fields
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._core.schemas import TaskStatus
-from celery_progress_ws._worker.aggregate_updater import child_progress, child_status, updater_for
+from celery_progress_ws._worker import context
+from celery_progress_ws._worker.aggregate_updater import child_progress, child_status
 
 SIZES = (100, 1_000, 10_000)
 THREADS = 4
@@ -61,13 +63,16 @@ def run(size: int, settings: ProgressSettings, client: redis.Redis) -> dict[str,
                 return
             task.push_request(id=child, **{AGGREGATE_HEADER: operation_id})
             _task_stack.push(task)
+            scope = context.TaskScope(child, publisher)
+            context.push(scope)
             try:
                 child_status(publisher, child, TaskStatus.STARTED, {})
                 for step in range(1, REPORTS + 1):
-                    child_progress(publisher, child, step, REPORTS)
+                    child_progress(publisher, operation_id, child, step, REPORTS)
                 last_call[0] = max(last_call[0], time.time())  # when the latest completion began, over threads
                 child_status(publisher, child, TaskStatus.COMPLETED, {})
             finally:
+                context.pop(child)
                 _task_stack.pop()
                 task.pop_request()
 
@@ -85,7 +90,7 @@ def run(size: int, settings: ProgressSettings, client: redis.Redis) -> dict[str,
     lag_ms = None
     if ends:
         lag_ms = int(ends[-1][0].split("-")[0]) - last_call[0] * 1000
-    round_trips = updater_for(publisher).calls
+    round_trips = publisher._aggregates.calls
     publisher.close()
     return {
         "size": size,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +18,11 @@ from celery import Celery, chain, chord, group
 from streams import Entries, read, wait_for
 from test_worker_subprocess import prefork_worker  # noqa: F401  (fixture)
 
-from celery_progress_ws import ProgressSettings, track
-from celery_progress_ws._aggregate.track import (
-    _register,
-    aggregate_children,
-    aggregate_children_async,
-    cancel_aggregate,
-    cancel_aggregate_async,
-)
+from celery_progress_ws import ProgressPublisher, ProgressSettings, track
+from celery_progress_ws._aggregate.track import _register, aggregate_children_async, cancel_aggregate_async
 from celery_progress_ws._core.keys import KeySpace
-from celery_progress_ws._worker.aggregate_updater import AggregateUpdater
+from celery_progress_ws._worker.aggregate_updater import AggregateUpdates
+from devtools.servers import PrivateRedis
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +42,11 @@ def aggregates(entries: Entries) -> list[dict[str, Any]]:
     return [
         entry["data"] for entry in entries if entry["type"] == "chunking_progress" and entry["data"].get("aggregate")
     ]
+
+
+def children_of(client: redis.Redis, settings: ProgressSettings, operation_id: str) -> list[str]:
+    """The child ids an aggregate's hash lists."""
+    return list(json.loads(client.hget(KeySpace(settings.key_prefix).aggregate(operation_id), "children")))
 
 
 def terminal(entries: Entries) -> dict[str, Any]:
@@ -107,7 +110,20 @@ def test_chain_reports_its_steps_in_order(
     assert len(set(percentages)) >= 4, percentages  # intermediate values within steps, not only step boundaries
     started_at = [read(redis_client, module_settings, child)[0]["timestamp"] for child in children]
     assert started_at == sorted(started_at)
-    assert aggregate_children(operation_id, module_settings) == children
+    assert children_of(redis_client, module_settings, operation_id) == children
+
+
+@pytest.fixture
+def publisher(settings: ProgressSettings) -> Iterator[ProgressPublisher]:
+    """A publisher of the test's settings, closed after the test."""
+    with ProgressPublisher(settings) as publisher:
+        yield publisher
+
+
+@pytest.fixture
+def updates(publisher: ProgressPublisher) -> AggregateUpdates:
+    """The aggregate side of ``publisher``: what the worker hooks call."""
+    return publisher._aggregates
 
 
 def registered(settings: ProgressSettings, count: int, kind: str = "group", required: bool = False) -> list[str]:
@@ -122,19 +138,22 @@ def test_concurrent_updates_from_many_threads_yield_exact_counters(
 ) -> None:
     """Eight threads updating 400 children at once leave exact counters and one `completed`."""
     children = registered(settings, 400)
-    updaters = [AggregateUpdater(settings) for _ in range(8)]
+    publishers = [ProgressPublisher(settings) for _ in range(8)]
 
     def drive(index: int) -> None:
+        updates = publishers[index]._aggregates
         for child in children[index::8]:
-            updaters[index].update("op", child, "started")
-            updaters[index].update("op", child, "progress", 0.5)
-            updaters[index].update("op", child, "failed" if child == "child-7" else "completed")
+            updates.status("op", child, "started")
+            updates.progress("op", child, 0.5)
+            updates.status("op", child, "failed" if child == "child-7" else "completed")
 
     threads = [threading.Thread(target=drive, args=(index,)) for index in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    for publisher in publishers:
+        assert publisher.close()
     stored = redis_client.hgetall(KeySpace(settings.key_prefix).aggregate("op"))
     assert (stored["queued"], stored["started"], stored["completed"], stored["failed"]) == ("0", "0", "399", "1")
     assert float(stored["sum"]) == pytest.approx(399.5)
@@ -145,33 +164,41 @@ def test_concurrent_updates_from_many_threads_yield_exact_counters(
 
 
 def test_throttled_aggregate_keeps_few_entries_and_the_true_last_value(
-    settings: ProgressSettings, redis_client: redis.Redis
+    settings: ProgressSettings, redis_client: redis.Redis, updates: AggregateUpdates
 ) -> None:
     """2,000 child progress updates make a handful of aggregate entries; the trailing one holds the true state."""
     children = registered(settings, 20)
-    updater = AggregateUpdater(settings)
     for step in range(1, 101):
         for child in children:
-            updater.update("op", child, "progress", step / 200)
-    time.sleep(settings.throttle_seconds * 3)  # the flusher thread writes the dirty aggregate
-    written = aggregates(read(redis_client, settings, "op"))
+            updates.progress("op", child, step / 200)
+
+    def at_half(entries: Entries) -> bool:  # the publisher's thread writes held-back values, then the dirty aggregate
+        written = aggregates(entries)
+        return bool(written) and written[-1]["progress_percentage"] == 50
+
+    written = aggregates(wait_for(redis_client, settings, "op", at_half))
     assert 1 <= len(written) <= 2000 / 20
-    assert written[-1]["progress_percentage"] == 50
     assert written[-1]["counts"]["started"] == 20
     for child in children:
-        updater.update("op", child, "completed")
+        updates.status("op", child, "completed")
     entries = read(redis_client, settings, "op")
     assert aggregates(entries)[-1]["progress_percentage"] == 100
     assert terminal(entries)["status"] == "completed"
 
 
-def test_cancel_aggregate_writes_cancelled_once(settings: ProgressSettings, redis_client: redis.Redis) -> None:
-    """cancel_aggregate ends the operation `cancelled`; later child updates and cancels write nothing."""
+async def test_cancel_aggregate_writes_cancelled_once(
+    settings: ProgressSettings, redis_client: redis.Redis, redis_url: str, updates: AggregateUpdates
+) -> None:
+    """cancel_aggregate_async ends the operation `cancelled`; later child updates and cancels write nothing."""
     children = registered(settings, 3, kind="chain", required=True)
-    AggregateUpdater(settings).update("op", children[0], "completed")
-    assert cancel_aggregate("op", settings)
-    assert not cancel_aggregate("op", settings)
-    AggregateUpdater(settings).update("op", children[1], "completed")
+    updates.status("op", children[0], "completed")
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        assert await cancel_aggregate_async("op", settings, client)
+        assert not await cancel_aggregate_async("op", settings, client)
+    finally:
+        await client.aclose()
+    updates.status("op", children[1], "completed")
     entries = read(redis_client, settings, "op")
     assert terminal(entries)["status"] == "cancelled"
     assert entries[-1]["type"] == "status_update"
@@ -208,19 +235,18 @@ def noop(*_: object) -> None:
 
 
 def test_weights_and_nested_canvases_register_required_children(
-    memory_app: Celery, settings: ProgressSettings, redis_client: redis.Redis
+    memory_app: Celery, settings: ProgressSettings, redis_client: redis.Redis, updates: AggregateUpdates
 ) -> None:
     """Weights set each child's share; a failure inside a group's chain ends the operation at once."""
     noop_task = memory_app.tasks["cpws.noop"]
     canvas = group(chain(noop_task.si(1), noop_task.si(2)), noop_task.si(3))
     operation_id = track(canvas, weights=[2, 1, 1], settings=settings)
     first, second, third = read(redis_client, settings, operation_id)[0]["data"]["children"]
-    updater = AggregateUpdater(settings)
-    updater.update(operation_id, third, "completed")
+    updates.status(operation_id, third, "completed")
     time.sleep(settings.throttle_seconds)
-    updater.update(operation_id, first, "progress", 0.5)
+    updates.progress(operation_id, first, 0.5)
     assert aggregates(read(redis_client, settings, operation_id))[-1]["progress_percentage"] == 50
-    updater.update(operation_id, second, "failed", error_type="KeyError", message="gone")
+    updates.status(operation_id, second, "failed", "KeyError", "gone")
     end = terminal(read(redis_client, settings, operation_id))
     assert (end["status"], end["failed_child"], end["error_type"]) == ("failed", second, "KeyError")
     with pytest.raises(ValueError, match="weights"):
@@ -239,7 +265,7 @@ def test_many_children_spill_into_aggregate_children_entries(
     entries = read(redis_client, small, operation_id)
     assert [entry["type"] for entry in entries[:2]] == ["aggregate_started", "aggregate_children"]
     ids = [child for entry in entries for child in entry["data"]["children"]]
-    assert ids == aggregate_children(operation_id, small)
+    assert ids == children_of(redis_client, small, operation_id)
     assert len(ids) == 120
     assert entries[-1]["data"]["complete"]
 
@@ -266,3 +292,64 @@ async def test_async_helpers_cancel_and_list_children(settings: ProgressSettings
         assert not await cancel_aggregate_async("op", settings, client)
     finally:
         await client.aclose()
+
+
+def test_track_registers_through_the_given_client(memory_app: Celery, private_redis: PrivateRedis) -> None:
+    """track(..., client=) registers on that client: Redis accepts no new connection for it."""
+    settings = ProgressSettings(redis_url=private_redis.url, key_prefix="cpws-given:")
+    client = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    try:
+        client.ping()
+        accepted = client.info("stats")["total_connections_received"]
+        operation_id = track(
+            group(memory_app.tasks["cpws.noop"].si(n) for n in range(3)), settings=settings, client=client
+        )
+        assert client.info("stats")["total_connections_received"] == accepted
+        assert len(children_of(client, settings, operation_id)) == 3
+    finally:
+        client.close()
+
+
+def library_threads() -> list[threading.Thread]:
+    """The library's live threads in this process."""
+    return [thread for thread in threading.enumerate() if thread.name.startswith("celery-progress-ws")]
+
+
+def test_held_back_child_progress_is_written_by_the_publishers_thread_which_close_stops(
+    settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """A held-back child value reaches the aggregate through the publisher's one thread; close() leaves none running."""
+    children = registered(settings, 2)
+    before = library_threads()
+    publisher = ProgressPublisher(settings)
+    publisher._aggregates.progress("op", children[0], 0.1)
+    publisher._aggregates.progress("op", children[0], 0.6)  # held back: the interval has not ended
+
+    def at_30(entries: Entries) -> bool:
+        return any(data["progress_percentage"] == 30 for data in aggregates(entries))
+
+    wait_for(redis_client, settings, "op", at_30)
+    assert [thread.name for thread in library_threads() if thread not in before] == ["celery-progress-ws-publisher"]
+    assert publisher.close()
+    assert [thread for thread in library_threads() if thread not in before] == []
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_starts_without_the_parents_aggregate_work(
+    settings: ProgressSettings, redis_client: redis.Redis, publisher: ProgressPublisher
+) -> None:
+    """A child forked while the parent holds a child value back inherits nothing to write; the parent writes it."""
+    children = registered(settings, 2)
+    publisher._aggregates.progress("op", children[0], 0.2)
+    publisher._aggregates.progress("op", children[0], 0.8)  # held back in the parent
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        with publisher._lock:
+            ok = publisher._aggregates.next_due() is None
+        os._exit(0 if ok and publisher.flush(timeout=2) and publisher._aggregates.calls == 0 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert publisher.flush(timeout=2)
+    stored = redis_client.hget(KeySpace(settings.key_prefix).aggregate("op"), "c:" + children[0])
+    assert stored is not None
+    assert stored.startswith("s|0.8")

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from celery import Celery
+from celery import Celery, group
 from celery.contrib.testing.worker import start_worker
-from streams import ended, kinds, progress_values, statuses, wait_for
+from streams import Entries, ended, kinds, progress_values, statuses, wait_for
 from worker_tasks import GATES, close_app, create_app, threads_worker
 
-from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult
+from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult, track
 from devtools.servers import PrivateRedis
 
 pytestmark = pytest.mark.integration
@@ -41,6 +41,11 @@ def private_client(private_redis: PrivateRedis) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+def aggregate_ended(entries: Entries) -> bool:
+    """Whether an aggregate's stream holds its terminal status."""
+    return any(entry["type"] == "status_update" and entry["data"].get("aggregate") for entry in entries)
 
 
 def warnings_in(records: list[logging.LogRecord]) -> list[str]:
@@ -154,3 +159,29 @@ def test_a_worker_whose_redis_is_down_starts_and_runs_tasks(
         close_app(app)
     assert statuses(entries) == ["queued", "started", "completed"]
     assert progress_values(entries)[-1] == 3
+
+
+def test_child_completed_during_an_outage_reaches_its_aggregate_when_redis_is_back(
+    private_redis: PrivateRedis,
+    outage_settings: ProgressSettings,
+    private_client: redis.Redis,
+    outage_worker: Celery,
+) -> None:
+    """A child's `completed` written while Redis is down is kept; the aggregate completes at 100 % once it is back."""
+    token, child = uuid.uuid4().hex, f"child-{uuid.uuid4().hex}"
+    reached, release = GATES[token] = (threading.Event(), threading.Event())
+    try:
+        signature = outage_worker.tasks["cpws.gated"].si(token).set(task_id=child)
+        operation_id = track(group(signature), settings=outage_settings)
+        assert reached.wait(10)
+        private_client.save()  # the registered aggregate survives the restart
+        private_redis.stop()
+        release.set()
+        assert outage_worker.AsyncResult(child).get(timeout=15) == "ok"
+        private_redis.start()
+        entries = wait_for(private_client, outage_settings, operation_id, aggregate_ended, timeout=10)
+    finally:
+        GATES.pop(token, None)
+    end = [entry["data"] for entry in entries if entry["type"] == "status_update"][-1]
+    assert (end["status"], end["progress_percentage"], end["counts"]["completed"]) == ("completed", 100, 1)
+    assert statuses(wait_for(private_client, outage_settings, child, ended, timeout=5))[-1] == "completed"

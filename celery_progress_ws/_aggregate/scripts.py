@@ -11,7 +11,7 @@ Hash fields: ``kind``, ``total`` (children), ``tw`` (total weight), ``sum`` (wei
 
 from __future__ import annotations
 
-from .._core.append import APPEND_FUNCTION
+from .._core.append import APPEND_FUNCTION, LuaScript
 
 REGISTER_SCRIPT = (
     APPEND_FUNCTION
@@ -140,3 +140,5 @@ return {1, 0, 0, terminal or ''}
 cancel), fraction or '', throttle ms, maxlen, running ttl, completed ttl, failed ttl, live channel, ISO timestamp,
 error type, error message. Returns ``{written, dirty, due_ms, terminal status}``; written is -1 for an unknown
 aggregate and -2 for a task that is not one of its children."""
+
+UPDATE = LuaScript(UPDATE_SCRIPT)

@@ -18,6 +18,7 @@ import redis
 import redis.asyncio
 from celery.canvas import Signature, _chain, chord, group
 
+from .._core.clients import registration_client
 from .._core.codec import encode_entry, make_entry
 from .._core.keys import MAX_OPERATION_ID_LENGTH, KeySpace, validate_operation_id
 from .._core.schemas import utc_now_iso
@@ -40,11 +41,14 @@ def track(
     *,
     weights: Sequence[float] | None = None,
     settings: ProgressSettings | None = None,
+    client: redis.Redis | None = None,
 ) -> str:
     """Apply a group, chord or chain (nesting allowed) as one aggregate operation and return its id.
 
     ``weights`` gives one positive weight per child task in canvas order (chain steps in order, a chord's header
-    then its body); children weigh the same by default. ``settings`` default to ``ProgressSettings()``.
+    then its body); children weigh the same by default. ``settings`` default to ``ProgressSettings()``. The
+    registration uses ``client`` if given (its own timeouts and retries then apply), else a connection opened and
+    closed for the call.
     """
     settings = settings if settings is not None else ProgressSettings()
     operation_id = validate_operation_id(operation_id if operation_id is not None else uuid.uuid4().hex)
@@ -61,43 +65,19 @@ def track(
     if len(set(children)) != len(children):
         raise ValueError("track() needs distinct child task ids")
     child_weights = _weights(weights, len(children))
-    _register(settings, keys, operation_id, _kind(signature), children, [req for _, req in leaves], child_weights)
+    required = [req for _, req in leaves]
+    _register(settings, keys, operation_id, _kind(signature), children, required, child_weights, client=client)
     signature.apply_async()
     return operation_id
-
-
-def cancel_aggregate(operation_id: str, settings: ProgressSettings, message: str = "Operation cancelled") -> bool:
-    """Mark an aggregate operation ``cancelled`` and write its terminal entries; ``False`` if it already ended.
-
-    Opens a connection for the call (scripts, workers); the web half awaits ``cancel_aggregate_async`` instead.
-    """
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout_seconds)
-    try:
-        result = client.eval(
-            UPDATE_SCRIPT,
-            2,
-            *update_keys(settings, operation_id),
-            *update_args(settings, operation_id, "", "cancel", message=message),
-        )
-    finally:
-        client.close()
-    return bool(result[0] == 1)
-
-
-def aggregate_children(operation_id: str, settings: ProgressSettings) -> list[str] | None:
-    """The child task ids of an aggregate operation (e.g. to revoke them), or ``None`` if it is not one."""
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout_seconds)
-    try:
-        raw = client.hget(KeySpace(settings.key_prefix).aggregate(operation_id), "children")
-    finally:
-        client.close()
-    return None if raw is None else list(json.loads(raw))
 
 
 async def cancel_aggregate_async(
     operation_id: str, settings: ProgressSettings, client: redis.asyncio.Redis, message: str = "Operation cancelled"
 ) -> bool:
-    """``cancel_aggregate`` on an asyncio client: how the web half's cancel route ends an aggregate."""
+    """Mark an aggregate operation ``cancelled`` and write its terminal entries; ``False`` if it already ended.
+
+    How the web half's cancel route ends an aggregate; children already running keep running.
+    """
     keys = update_keys(settings, operation_id)
     args = update_args(settings, operation_id, "", "cancel", message=message)
     result = await client.eval(UPDATE_SCRIPT, 2, *keys, *args)
@@ -107,7 +87,8 @@ async def cancel_aggregate_async(
 async def aggregate_children_async(
     operation_id: str, settings: ProgressSettings, client: redis.asyncio.Redis
 ) -> list[str] | None:
-    """``aggregate_children`` on an asyncio client: how the web half's cancel route finds the tasks to revoke."""
+    """The child task ids of an aggregate operation, or ``None`` if it is not one: how the web half's cancel route
+    finds the tasks to revoke."""
     raw = await client.hget(KeySpace(settings.key_prefix).aggregate(operation_id), "children")
     return None if raw is None else list(json.loads(raw))
 
@@ -180,8 +161,13 @@ def _register(
     children: list[str],
     required: list[bool],
     weights: list[float],
+    *,
+    client: redis.Redis | None = None,
 ) -> None:
-    """Create the hash, the child->parent keys and the ``aggregate_started`` entries in one pipelined round trip."""
+    """Create the hash, the child->parent keys and the ``aggregate_started`` entries in one pipelined round trip.
+
+    Without a ``client``, one is opened for the call (``_core.clients.registration_client``) and closed after it.
+    """
     hash_key = keys.aggregate(operation_id)
     fields: dict[str, str | int] = {
         "kind": kind,
@@ -200,9 +186,8 @@ def _register(
     for child, weight, req in zip(children, weights, required, strict=True):
         fields["c:" + child] = f"q|0|{weight!r}|{int(req)}"
     ttl = settings.stream_ttl_seconds
-    pipe = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout_seconds * 10).pipeline(
-        transaction=False
-    )
+    target = client if client is not None else registration_client(settings)
+    pipe = target.pipeline(transaction=False)
     try:
         pipe.delete(hash_key)
         pipe.hset(hash_key, mapping=fields)  # type: ignore[arg-type]
@@ -216,7 +201,8 @@ def _register(
         pipe.execute()
     finally:
         pipe.reset()
-        pipe.connection_pool.disconnect()
+        if target is not client:
+            target.close()
 
 
 def _started_messages(settings: ProgressSettings, kind: str, children: list[str]) -> list[str]:

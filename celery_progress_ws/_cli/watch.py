@@ -15,9 +15,8 @@ from functools import partial
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from .._core.clients import watch_client
 from .._core.codec import decode_entry, decode_fields, decode_live, delivered, parse_stream_id
 from .._core.errors import MalformedEntry
 from .._core.keys import KeySpace
@@ -70,14 +69,7 @@ class Watcher:
         self._clock = clock
         self._deadline = None if timeout is None else clock() + timeout
         self._failures = 0
-        self._client: redis.Redis = redis.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            retry=Retry(NoBackoff(), 0),  # every failure reaches us, so a reconnect always resumes from the stream
-            socket_connect_timeout=5,
-            socket_timeout=10,
-            client_name="celery-progress-ws-watch",
-        )
+        self._client: redis.Redis = watch_client(settings)  # no retries: a reconnect always resumes from the stream
 
     def run(self) -> int:
         """Watch until done; return the exit status (see ``EPILOG``)."""

@@ -7,8 +7,9 @@ announcement carries the id Redis assigned, which a pipeline of plain commands c
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,11 +35,44 @@ APPEND_SCRIPT = APPEND_FUNCTION + "return append_entry(KEYS[1], ARGV[1], ARGV[2]
 
 
 @dataclass(frozen=True, slots=True)
+class LuaScript:
+    """A Lua script's source and the SHA-1 that EVALSHA names it by."""
+
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+APPEND = LuaScript(APPEND_SCRIPT)
+
+
+@dataclass(frozen=True, slots=True)
 class AppendCall:
     """Keys and arguments of one APPEND_SCRIPT call."""
 
     keys: list[str]
     args: list[str | int]
+    script: ClassVar[LuaScript] = APPEND
+    on_reply: ClassVar[None] = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One call of another script (an aggregate update), written in turn with the append calls around it.
+
+    ``on_reply`` receives the script's reply once it has run.
+    """
+
+    script: LuaScript
+    keys: list[str]
+    args: list[str | int | float]
+    on_reply: Callable[[Any], None] | None = None
+
+
+WriteCall = AppendCall | ScriptCall
+"""What a writer's buffer holds and its runner runs."""
 
 
 class OperationAppender:
@@ -78,53 +112,63 @@ class CommandConnection(Protocol):
 
 
 class ConnectionAppend:
-    """Runs ``APPEND_SCRIPT`` by EVALSHA on one dedicated connection, skipping redis-py's per-command layers.
+    """Runs script calls (``APPEND_SCRIPT`` above all) by EVALSHA on one dedicated connection, skipping redis-py's
+    per-command layers.
 
     Those layers (script wrapper, client dispatch, retry wrapper) cost about as much client CPU as the round trip
     itself. Like redis-py with one retry, a dropped connection is reopened once; after any connection error or timeout
     the connection is closed, so a late reply can never be read as the answer to a later command.
     """
 
-    __slots__ = ("_connection", "_sha")
+    __slots__ = ("_connection",)
 
     def __init__(self, connection: CommandConnection) -> None:
         self._connection = connection
-        self._sha = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()
 
-    def __call__(self, call: AppendCall) -> None:
-        for retries_left in (1, 0):
-            try:
-                self._run(call)
-                return
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                self._connection.disconnect()
-                if retries_left == 0 or isinstance(exc, RedisTimeoutError):
-                    raise
+    def __call__(self, call: WriteCall) -> Any:
+        """Run ``call`` and return the script's reply."""
+        try:
+            return self._run(call)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            self._connection.disconnect()
+            if isinstance(exc, RedisTimeoutError):
+                raise
+        try:  # the connection had dropped: once more, on a new one
+            return self._run(call)
+        except (RedisConnectionError, RedisTimeoutError):
+            self._connection.disconnect()
+            raise
 
-    def _run(self, call: AppendCall) -> None:
+    def _run(self, call: WriteCall) -> Any:
+        script = call.script
         arguments = (len(call.keys), *call.keys, *call.args)
         try:
-            self._command("EVALSHA", self._sha, *arguments)
+            return self._command("EVALSHA", script.sha, *arguments)
         except NoScriptError:  # a new or flushed server: load the script, then run it
-            self._command("SCRIPT", "LOAD", APPEND_SCRIPT)
-            self._command("EVALSHA", self._sha, *arguments)
+            self._command("SCRIPT", "LOAD", script.source)
+            return self._command("EVALSHA", script.sha, *arguments)
 
-    def _command(self, *arguments: str | int) -> Any:
+    def _command(self, *arguments: str | int | float) -> Any:
         self._connection.send_command(*arguments)
         return self._connection.read_response()
 
 
 class ScriptAppend:
-    """Runs ``APPEND_SCRIPT`` through a caller's client (any redis-py client: its own pool, retries and routing)."""
+    """Runs script calls through a caller's client (any redis-py client: its own pool, retries and routing)."""
 
-    __slots__ = ("_script",)
+    __slots__ = ("_client", "_scripts")
 
     def __init__(self, client: redis.Redis) -> None:
-        self._script = client.register_script(APPEND_SCRIPT)
+        self._client = client
+        self._scripts = {APPEND.sha: client.register_script(APPEND_SCRIPT)}
 
-    def __call__(self, call: AppendCall) -> None:
-        self._script(keys=call.keys, args=call.args)
+    def __call__(self, call: WriteCall) -> Any:
+        """Run ``call`` and return the script's reply."""
+        script = self._scripts.get(call.script.sha)
+        if script is None:
+            script = self._scripts[call.script.sha] = self._client.register_script(call.script.source)
+        return script(keys=call.keys, args=call.args)
 
 
 Append = ConnectionAppend | ScriptAppend
-"""Something that runs one ``AppendCall``; raises redis-py's errors."""
+"""Something that runs one ``WriteCall`` and returns its reply; raises redis-py's errors."""

@@ -1,36 +1,39 @@
 """Worker side of aggregate operations: child statuses and progress become ``UPDATE_SCRIPT`` calls on the parent.
 
-A child learns its parent from the ``cpws_aggregate`` message header when it starts (no Redis read); tasks without
-it cost one dict lookup per status and per ``report_progress``. A revoke seen by the worker's main process reads the
-child->parent key (one GET). Child progress is throttled per child here (``throttle_seconds``) and the aggregate
-entries are throttled again inside the script; a dirty aggregate or a held-back child value is written by this
-process's flusher thread when its interval ends. Bookkeeping never raises into a task: Redis errors are logged.
+A child learns its parent from the ``cpws_aggregate`` message header when it starts (no Redis read) and keeps it in
+its task scope, so other tasks cost one attribute read per status and per ``report_progress``. A revoke seen by the
+worker's main process reads the child->parent key (one GET). The calls go through the publisher's writer, in order
+with its entries and buffered like them while Redis is down (a child's terminal update ranks with terminal statuses).
+Child progress is throttled per child (``throttle_seconds``) and the aggregate entries again inside the script; a
+held-back child value or a dirty aggregate is written by the publisher's background thread when its interval ends.
+Bookkeeping never raises into a task: errors are logged.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-import redis
-from redis.commands.core import Script
-from redis.exceptions import RedisError
-
-from .._aggregate.scripts import UPDATE_SCRIPT
+from .._aggregate.scripts import UPDATE
 from .._aggregate.track import AGGREGATE_HEADER, update_args, update_keys
+from .._core.append import ScriptCall
 from .._core.errors import ProgressError
 from .._core.keys import KeySpace
 from .._core.schemas import TaskStatus
 from .._core.settings import ProgressSettings
+from .._core.throttle import Decision, Throttle
+from . import context as _context
+from .buffer import Rank
+from .writer import PublishResult, StreamWriter
+
+if TYPE_CHECKING:
+    from .publisher import ProgressPublisher
 
 logger = logging.getLogger(__name__)
-
-running: dict[str, str] = {}
-"""Child task id -> aggregate operation id, for children running in this process (read by ``report_progress``)."""
 
 _EVENTS = {
     TaskStatus.STARTED: "started",
@@ -39,201 +42,158 @@ _EVENTS = {
     TaskStatus.FAILED: "failed",
     TaskStatus.CANCELLED: "cancelled",
 }
-_ENDED = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
-MAX_RUNNING = 100_000
-"""``running`` is emptied past this size (children that ended without a terminal status)."""
+_ENDED = frozenset({"completed", "failed", "cancelled"})
+
+HeldProgress = tuple[str, float]
+"""A child's held-back progress: its aggregate operation id and its fraction."""
 
 
-class AggregateUpdater:
-    """One process's connection, per-child throttle and flusher thread for the aggregates of one settings object."""
+class AggregateUpdates:
+    """One publisher's aggregate updates in one process: it shares the publisher's lock, writer and thread.
 
-    def __init__(self, settings: ProgressSettings) -> None:
+    ``wake`` is called with the lock held when ``next_due`` may have moved earlier (the owner's thread looks again).
+    """
+
+    def __init__(
+        self, settings: ProgressSettings, writer: StreamWriter, lock: threading.Lock, wake: Callable[[], None]
+    ) -> None:
         self.settings = settings
         self.calls = 0
-        """Round trips made (for benchmarks)."""
-        self._client: redis.Redis | None = None
-        self._script: Script | None = None
-        self._lock = threading.Condition()
-        self._connect_lock = threading.Lock()
-        self._last_sent: dict[str, float] = {}
-        self._pending: dict[str, tuple[str, float]] = {}
-        self._due: dict[str, float] = {}
-        self._thread: threading.Thread | None = None
-        self._down_until = 0.0
+        """Update calls Redis has answered (for benchmarks)."""
+        self._keys = KeySpace(settings.key_prefix)
+        self._writer = writer
+        self._lock = lock
+        self._wake = wake
+        self._throttle: Throttle[HeldProgress] = Throttle(settings.throttle_seconds)
+        self._flushes: dict[str, float] = {}
+        """Aggregate operation id -> when its dirty aggregate entry is due (``time.monotonic()``)."""
 
-    def update(self, operation_id: str, child: str, event: str, fraction: float | None = None, **extra: str) -> None:
-        """Run one ``UPDATE_SCRIPT`` call now; schedule a trailing flush if it left the aggregate dirty."""
-        if time.monotonic() < self._down_until:
-            return
-        try:
-            keys = update_keys(self.settings, operation_id)
-            args = update_args(self.settings, operation_id, child, event, fraction, **extra)
-            self.calls += 1
-            _, dirty, due_ms, _ = self._connect()(keys=keys, args=args)
-        except ProgressError as exc:
-            logger.warning("celery-progress-ws: no aggregate update for %s: %s", operation_id, exc)
-            return
-        except RedisError as exc:
-            self._down_until = time.monotonic() + self.settings.retry_interval_seconds
-            logger.warning("celery-progress-ws: aggregate update of %s failed: %s", operation_id, exc)
-            return
-        if dirty:
-            self._schedule(operation_id, time.monotonic() + int(due_ms) / 1000)
+    def status(self, operation_id: str, child: str, event: str, error_type: str = "", message: str = "") -> None:
+        """A child's status, written in turn; an ended child's held-back fraction travels with it."""
+        keys = update_keys(self.settings, operation_id)
+        ended = event in _ENDED
+        with self._lock:
+            held = self._throttle.forget(child) if ended else self._throttle.take_pending(child)
+            fraction = None if held is None else held[1]
+            call = self._call(keys, operation_id, child, event, fraction, error_type, message)
+            result = self._writer.enqueue(call, Rank.TERMINAL if ended else Rank.EVENT)
+        self._writer.write_now(result)
 
-    def parent_of(self, task_id: str) -> str | None:
-        """One GET of the child->parent key (revokes, handled in the worker's main process)."""
-        if time.monotonic() < self._down_until:
-            return None
-        try:
-            self._connect()
-            assert self._client is not None
-            self.calls += 1
-            value = self._client.get(KeySpace(self.settings.key_prefix).aggregate_parent(task_id))
-        except (RedisError, ProgressError) as exc:
-            logger.warning("celery-progress-ws: cannot look up the aggregate of %s: %s", task_id, exc)
-            return None
-        return value.decode() if isinstance(value, bytes) else None
-
-    def _connect(self) -> Script:
-        """This process's connection and script object, created on first use."""
-        with self._connect_lock:
-            if self._script is None:
-                self._client = redis.Redis.from_url(
-                    self.settings.redis_url, socket_timeout=self.settings.socket_timeout_seconds,
-                    socket_connect_timeout=self.settings.socket_timeout_seconds,
-                )  # fmt: skip
-                self._script = self._client.register_script(UPDATE_SCRIPT)
-            return self._script
-
-    def progress(self, operation_id: str, child: str, fraction: float) -> None:
-        """A child's progress: sent at most once per throttle interval per child, the newest held value later."""
+    def progress(self, operation_id: str, child: str, fraction: float) -> PublishResult:
+        """A child's progress: written at most once per throttle interval per child, the newest held value later."""
+        keys = update_keys(self.settings, operation_id)
         now = time.monotonic()
         with self._lock:
-            last = self._last_sent.get(child)
-            if last is not None and now - last < self.settings.throttle_seconds:
-                self._pending[child] = (operation_id, fraction)
-                self._wake(last + self.settings.throttle_seconds, child)
+            decision = self._throttle.offer(child, (operation_id, fraction), now=now)
+            if decision is Decision.SCHEDULE:
+                self._wake()
+            if decision is not Decision.PUBLISH:
+                return PublishResult.THROTTLED
+            result = self._writer.enqueue(self._call(keys, operation_id, child, "progress", fraction), Rank.PROGRESS)
+        return self._writer.write_now(result)
+
+    def parent_of(self, task_id: str) -> str | None:
+        """The aggregate a task belongs to, by one GET of its child->parent key; ``None`` while Redis is down."""
+        value = self._writer.get(self._keys.aggregate_parent(task_id))
+        return None if value is None else value.decode()
+
+    def next_due(self) -> float | None:
+        """When ``enqueue_due`` next has something to do (``time.monotonic()``), if ever (lock held)."""
+        times = list(self._flushes.values())
+        due = self._throttle.next_due()
+        if due is not None:
+            times.append(due)
+        return min(times, default=None)
+
+    def enqueue_due(self, everything: bool = False) -> None:
+        """Buffer the held-back child values and aggregate flushes that are due, or all of them (lock held)."""
+        if everything:
+            held = [(child, self._throttle.take_pending(child)) for child in self._throttle.pending_keys()]
+        else:
+            held = list(self._throttle.take_due())
+        for child, value in held:
+            if value is not None:
+                self._buffer(value[0], child, "progress", value[1])
+        now = time.monotonic()
+        for operation_id in [key for key, at in self._flushes.items() if everything or at <= now]:
+            del self._flushes[operation_id]
+            self._buffer(operation_id, "", "flush", None)
+
+    def forget_idle(self, idle_seconds: float) -> None:
+        """Drop the throttle state of children idle for ``idle_seconds`` (lock held)."""
+        self._throttle.forget_idle(idle_seconds)
+
+    def _buffer(self, operation_id: str, child: str, event: str, fraction: float | None) -> None:
+        keys = update_keys(self.settings, operation_id)  # validated when the value was offered: cannot raise here
+        self._writer.buffer.append(self._call(keys, operation_id, child, event, fraction), Rank.PROGRESS)
+
+    def _call(
+        self,
+        keys: list[str],
+        operation_id: str,
+        child: str,
+        event: str,
+        fraction: float | None,
+        error_type: str = "",
+        message: str = "",
+    ) -> ScriptCall:
+        args = update_args(self.settings, operation_id, child, event, fraction, error_type, message)
+        return ScriptCall(UPDATE, keys, args, partial(self._replied, operation_id))
+
+    def _replied(self, operation_id: str, reply: Any) -> None:
+        """``UPDATE_SCRIPT`` answered ``{written, dirty, due_ms, terminal}``: plan a flush of a dirty aggregate."""
+        with self._lock:
+            self.calls += 1
+            if not int(reply[1]):
                 return
-            self._last_sent[child] = now
-            self._pending.pop(child, None)
-        self.update(operation_id, child, "progress", fraction)
-
-    def status(self, operation_id: str, child: str, event: str, **extra: str) -> None:
-        """A child's status; an ended child's held-back fraction travels with it."""
-        with self._lock:
-            held = self._pending.pop(child, None)
-            if event in ("completed", "failed", "cancelled"):
-                self._last_sent.pop(child, None)
-        self.update(operation_id, child, event, held[1] if held else None, **extra)
-
-    def _schedule(self, operation_id: str, at: float) -> None:
-        with self._lock:
-            self._wake(at, "\0" + operation_id)
-
-    def _wake(self, at: float, key: str) -> None:
-        """Remember a due time (lock held) and make sure the flusher thread runs."""
-        self._due[key] = min(at, self._due.get(key, at))
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="celery-progress-ws-aggregates", daemon=True)
-            self._thread.start()
-        self._lock.notify()
-
-    def _run(self) -> None:
-        """Send held-back child values and flush dirty aggregates when due."""
-        while True:
-            with self._lock:
-                while not self._due or (delay := min(self._due.values()) - time.monotonic()) > 0:
-                    self._lock.wait(None if not self._due else delay)
-                now = time.monotonic()
-                ready = [key for key, at in self._due.items() if at <= now]
-                work: list[tuple[str, str, str, float | None]] = []
-                for key in ready:
-                    del self._due[key]
-                    if key.startswith("\0"):
-                        work.append((key[1:], "", "flush", None))
-                    elif (held := self._pending.pop(key, None)) is not None:
-                        self._last_sent[key] = now
-                        work.append((held[0], key, "progress", held[1]))
-            for operation_id, child, event, fraction in work:
-                self.update(operation_id, child, event, fraction)
-
-    def close(self) -> None:
-        """Write held-back values and flush dirty aggregates now (worker process shutdown)."""
-        with self._lock:
-            work = [(key, *held) for key, held in self._pending.items()]
-            self._pending.clear()
-            flushes = [key[1:] for key in self._due if key.startswith("\0")]
-            self._due.clear()
-        for child, operation_id, fraction in work:
-            self.update(operation_id, child, "progress", fraction)
-        for operation_id in flushes:
-            self.update(operation_id, "", "flush")
+            at = time.monotonic() + int(reply[2]) / 1000
+            if at < self._flushes.get(operation_id, float("inf")):
+                self._flushes[operation_id] = at
+                self._wake()
 
 
-_updaters: weakref.WeakKeyDictionary[Any, AggregateUpdater] = weakref.WeakKeyDictionary()
-_fork_hook_installed = False
-
-
-def updater_for(publisher: Any) -> AggregateUpdater:
-    """The updater of ``publisher``'s settings in this process (a forked child starts with none)."""
-    global _fork_hook_installed
-    found = _updaters.get(publisher)
-    if found is None:
-        if not _fork_hook_installed:
-            os.register_at_fork(after_in_child=_reset)
-            _fork_hook_installed = True
-        found = _updaters.setdefault(publisher, AggregateUpdater(publisher.settings))
-    return found
-
-
-def _reset() -> None:
-    _updaters.clear()
-    running.clear()
-
-
-def child_status(publisher: Any, task_id: str, status: TaskStatus, data: dict[str, Any]) -> None:
+def child_status(publisher: ProgressPublisher, task_id: str, status: TaskStatus, data: dict[str, Any]) -> None:
     """Called after a task's status entry is published: update its aggregate, if it belongs to one."""
     try:
         event = _EVENTS.get(status)
         if event is None:
             return
-        operation_id = running.get(task_id)
+        scope = _context.current()
+        if scope is not None and scope.task_id != task_id:
+            scope = None
+        operation_id = scope.aggregate_id if scope is not None else None
         if operation_id is None:
-            operation_id = _parent_from_request(task_id) if status is TaskStatus.STARTED else None
-            if operation_id is None and status is TaskStatus.CANCELLED:
-                operation_id = updater_for(publisher).parent_of(task_id)
+            if status is TaskStatus.STARTED:
+                operation_id = _parent_from_request(task_id)
+                if scope is not None:
+                    scope.aggregate_id = operation_id
+            elif status is TaskStatus.CANCELLED:
+                operation_id = publisher._aggregates.parent_of(task_id)
             if operation_id is None:
                 return
-        if status in _ENDED:
-            running.pop(task_id, None)
-        elif status is TaskStatus.STARTED:
-            if len(running) >= MAX_RUNNING:
-                running.clear()
-            running[task_id] = operation_id
-        extra = {}
+        error_type = message = ""
         if status is TaskStatus.FAILED:
-            extra = {"error_type": str(data.get("error_type") or ""), "message": str(data.get("error_message") or "")}
-        updater_for(publisher).status(operation_id, task_id, event, **extra)
+            error_type, message = str(data.get("error_type") or ""), str(data.get("error_message") or "")
+        publisher._aggregates.status(operation_id, task_id, event, error_type, message)
+    except ProgressError as exc:  # an aggregate or task id that cannot be a key
+        logger.warning("celery-progress-ws: no aggregate update for task %s: %s", task_id, exc)
     except Exception:  # a task never fails because aggregate bookkeeping failed
         logger.exception("celery-progress-ws: aggregate update for task %s failed", task_id)
 
 
-def child_progress(publisher: Any, task_id: str, current: float, total: float | None) -> None:
-    """Called by ``report_progress`` for a running child of an aggregate: feed its fraction to the aggregate."""
-    operation_id = running.get(task_id)
-    if operation_id is None or total is None:
+def child_progress(
+    publisher: ProgressPublisher, operation_id: str, task_id: str, current: float, total: float | None
+) -> None:
+    """Called by ``report_progress`` for a running child of aggregate ``operation_id``: feed it its fraction."""
+    if total is None:
         return
     try:
         fraction = 1.0 if total == 0 else min(current / total, 1.0)
-        updater_for(publisher).progress(operation_id, task_id, fraction)
+        publisher._aggregates.progress(operation_id, task_id, fraction)
+    except ProgressError as exc:
+        logger.warning("celery-progress-ws: no aggregate progress for task %s: %s", task_id, exc)
     except Exception:
         logger.exception("celery-progress-ws: aggregate progress for task %s failed", task_id)
-
-
-def close_all() -> None:
-    """Flush every updater of this process (called when a pool process shuts down)."""
-    for updater in list(_updaters.values()):
-        updater.close()
 
 
 def _parent_from_request(task_id: str) -> str | None:

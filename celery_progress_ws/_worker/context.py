@@ -16,12 +16,14 @@ if TYPE_CHECKING:
 
 @dataclass(eq=False, slots=True)
 class TaskScope:
-    """One running task: its id, the publisher of its app, and other operations it reported to."""
+    """One running task: its id, the publisher of its app, its aggregate, and other operations it reported to."""
 
     task_id: str
     publisher: ProgressPublisher
     operations: set[str] = field(default_factory=set)
     """Explicit ``operation_id``\\s reported during the task; their held-back values are flushed when it ends."""
+    aggregate_id: str | None = None
+    """The aggregate operation this task is a child of (from its message header, read when it starts)."""
     retry_announced: bool = False
     """Set when ``retrying`` was written as the task re-sent itself, so ``task_retry`` does not write it twice."""
 

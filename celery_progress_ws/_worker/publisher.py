@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from .._core.append import AppendCall, OperationAppender
+from .._core.clients import validate_url
 from .._core.codec import encode_entry, make_entry
 from .._core.errors import InvalidOperationId, ProgressError
 from .._core.jsonsafe import PLAIN_TYPES, json_safe_fields, text_of
@@ -36,6 +37,7 @@ from .._core.policy import ttl_for
 from .._core.schemas import CHUNKING_PROGRESS
 from .._core.settings import ProgressSettings
 from .._core.throttle import Decision, Throttle
+from .aggregate_updater import AggregateUpdates
 from .buffer import Rank
 from .meter import COMPUTED_FIELDS, Count, ProgressMeter, RawProgress, check_count, check_fields
 from .writer import PublishResult, StreamWriter, rank_of
@@ -68,8 +70,7 @@ class ProgressPublisher:
     def __init__(self, settings: ProgressSettings | None = None, client: redis.Redis | None = None) -> None:
         self.settings = settings if settings is not None else ProgressSettings()
         if client is None:
-            # A malformed URL is a ValueError here rather than at the first report; building a pool does no I/O.
-            redis.ConnectionPool.from_url(self.settings.redis_url)
+            validate_url(self.settings)  # a malformed URL is a ValueError here rather than at the first report
         self._given_client = client
         self._keys = KeySpace(self.settings.key_prefix)
         self._start_clean()
@@ -83,6 +84,7 @@ class ProgressPublisher:
         self._meter = ProgressMeter()
         self._appenders: dict[str, OperationAppender] = {}
         self._writer = StreamWriter(self.settings, self._given_client, self._lock, self._on_backlog)
+        self._aggregates = AggregateUpdates(self.settings, self._writer, self._lock, self._on_backlog)
         self._thread: threading.Thread | None = None
         self._generation = 0
 
@@ -203,7 +205,8 @@ class ProgressPublisher:
         self._writer.drain()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Publish every held-back progress value now and write all buffered entries; ``True`` if nothing is left.
+        """Publish every held-back progress value (aggregate updates included) now and write all buffered entries;
+        ``True`` if nothing is left.
 
         While Redis does not answer it retries every ``retry_interval_seconds`` until ``timeout`` seconds have passed
         (default: the socket timeout).
@@ -214,6 +217,7 @@ class ProgressPublisher:
                 raw = self._throttle.take_pending(operation_id)
                 if raw is not None:
                     self._enqueue_trailing(operation_id, raw)
+            self._aggregates.enqueue_due(everything=True)
         while not self._writer.drain(probe=True):
             remaining = deadline - _monotonic()
             if remaining <= 0:
@@ -279,7 +283,8 @@ class ProgressPublisher:
     # -- background thread ------------------------------------------------------------------------------------------
 
     def _on_backlog(self) -> None:
-        """The writer holds entries for a Redis that is down: make sure the thread retries them (lock held)."""
+        """Entries wait for a Redis that is down, or aggregate work got due earlier: make sure the thread looks
+        (lock held)."""
         self._ensure_thread()
         self._wakeup.notify()
 
@@ -319,6 +324,7 @@ class ProgressPublisher:
                 return None
             for operation_id, raw in self._throttle.take_due():
                 self._enqueue_trailing(operation_id, raw)
+            self._aggregates.enqueue_due()
             retry = not writer.healthy and _monotonic() >= writer.retry_at
             write = writer.healthy and len(writer.buffer) > 0
         if retry or write:
@@ -335,6 +341,9 @@ class ProgressPublisher:
         due = self._throttle.next_due()
         if due is not None:
             wake.append(due)
+        due = self._aggregates.next_due()
+        if due is not None:
+            wake.append(due)
         if len(self._writer.buffer):
             wake.append(now if self._writer.healthy else self._writer.retry_at)
         return min(wake) - now
@@ -342,6 +351,7 @@ class ProgressPublisher:
     def _forget_idle(self) -> None:
         with self._lock:
             self._throttle.forget_idle(self.settings.stream_ttl_seconds)
+            self._aggregates.forget_idle(self.settings.stream_ttl_seconds)
             for operation_id in self._meter.operations():
                 if operation_id not in self._throttle:
                     self._meter.forget(operation_id)

@@ -17,7 +17,6 @@ from .._core.keys import validate_entry_type
 from .._core.schemas import CHUNKING_PROGRESS, CURRENT_STATE, HISTORY_GAP, STATUS_UPDATE
 from .._core.settings import ProgressSettings
 from .aggregate_updater import child_progress as _child_progress
-from .aggregate_updater import running as _aggregate_children
 from .context import local as _local
 from .meter import Count
 from .publisher import ProgressPublisher
@@ -59,15 +58,15 @@ def report_progress(
         publisher = _default or default_publisher()
         if operation_id is None:
             operation_id = _running_task_id()
-    else:
-        publisher = scope.publisher
-        if operation_id is None:
-            operation_id = scope.task_id
-        elif operation_id != scope.task_id:
-            scope.operations.add(operation_id)
-    result = publisher._report(operation_id, current, total, message, fields, force)  # keyword names are str
-    if _aggregate_children and operation_id in _aggregate_children:
-        _child_progress(publisher, operation_id, current, total)
+        return publisher._report(operation_id, current, total, message, fields, force)  # keyword names are str
+    publisher = scope.publisher
+    if operation_id is None:
+        operation_id = scope.task_id
+    elif operation_id != scope.task_id:
+        scope.operations.add(operation_id)
+    result = publisher._report(operation_id, current, total, message, fields, force)
+    if scope.aggregate_id is not None and operation_id == scope.task_id:
+        _child_progress(publisher, scope.aggregate_id, operation_id, current, total)
     return result
 
 

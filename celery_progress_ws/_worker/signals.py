@@ -266,7 +266,6 @@ def _on_revoked(
 
 
 def _on_process_shutdown(**_: Any) -> None:
-    """A pool child exits: write what it still holds (the parent's bootstep cannot)."""
-    _aggregate_hooks.close_all()
+    """A pool child exits: write what it still holds, aggregate updates included (the parent's bootstep cannot)."""
     for binding in bindings():
         binding.publisher.close()

@@ -19,13 +19,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
-from .._core.append import Append, AppendCall, ConnectionAppend, ScriptAppend
+from .._core.append import Append, ConnectionAppend, ScriptAppend, WriteCall
+from .._core.clients import writer_client
 from .._core.policy import terminal_status_of
 from .._core.schemas import CHUNKING_PROGRESS
 from .._core.settings import ProgressSettings
@@ -57,11 +56,11 @@ def rank_of(entry_type: str, data: dict[str, Any]) -> Rank:
 
 
 class StreamWriter:
-    """Writes append calls to Redis oldest first and keeps them in a bounded buffer while Redis is unreachable.
+    """Writes script calls to Redis oldest first and keeps them in a bounded buffer while Redis is unreachable.
 
     ``on_backlog`` is called, with ``lock`` held, whenever entries wait for Redis to come back (so the owner can
     schedule ``drain(probe=True)`` after ``retry_at``). A ready-made ``client`` is used as it is; otherwise each process
-    opens its own single connection, with the settings' timeouts and one immediate reconnect attempt.
+    opens its own single connection (``_core.clients.writer_client``). A call's ``on_reply`` gets the script's reply.
     """
 
     def __init__(
@@ -72,7 +71,7 @@ class StreamWriter:
         on_backlog: Callable[[], None],
     ) -> None:
         self.settings = settings
-        self.buffer: EntryBuffer[AppendCall] = EntryBuffer(settings.pending_buffer_size)
+        self.buffer: EntryBuffer[WriteCall] = EntryBuffer(settings.pending_buffer_size)
         self.healthy = True
         self.retry_at = 0.0
         self._given_client = client
@@ -82,7 +81,7 @@ class StreamWriter:
         self._connected: tuple[redis.Redis, Append] | None = None
         self._connected_pid = 0
 
-    def enqueue(self, call: AppendCall, rank: Rank) -> PublishResult | None:
+    def enqueue(self, call: WriteCall, rank: Rank) -> PublishResult | None:
         """Buffer ``call`` (lock held); ``None`` means: call ``write_now()`` after releasing the lock."""
         if not self.buffer.append(call, rank):
             return PublishResult.DROPPED
@@ -114,7 +113,7 @@ class StreamWriter:
                 call, rank = taken
                 try:
                     append = self._connect()[1]
-                    append(call)
+                    reply = append(call)
                 except (RedisConnectionError, RedisTimeoutError) as exc:
                     with self._lock:
                         self.buffer.put_back(call, rank)
@@ -124,6 +123,12 @@ class StreamWriter:
                     logger.warning("celery-progress-ws: Redis refused an entry for %s: %r", call.keys[0], exc)
                 else:
                     written += 1
+                    handler = call.on_reply
+                    if handler is not None:
+                        try:
+                            handler(reply)
+                        except Exception:  # a bug in a handler must not keep the calls behind it from Redis
+                            logger.exception("celery-progress-ws: handling the reply for %s failed", call.keys[0])
         if written and not self.healthy:
             self._came_back(written)
         return True
@@ -143,6 +148,22 @@ class StreamWriter:
         self._came_back(0)
         return True
 
+    def get(self, key: str) -> bytes | None:
+        """One GET on this writer's connection; ``None`` while Redis is marked down or if it fails. Never raises."""
+        with self._io_lock:
+            with self._lock:
+                if not self.healthy:
+                    return None
+            try:
+                value = self._connect()[0].get(key)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self._went_down(exc)
+                return None
+            except RedisError as exc:
+                logger.warning("celery-progress-ws: Redis refused to read %s: %r", key, exc)
+                return None
+        return value.encode() if isinstance(value, str) else value if isinstance(value, bytes) else None
+
     def close(self) -> None:
         """Close the connection this writer opened (a later write reopens one); a given client is left open."""
         with self._io_lock:
@@ -151,7 +172,7 @@ class StreamWriter:
             self._connected = None
 
     def _connect(self) -> tuple[redis.Redis, Append]:
-        """This process's client and append runner, created on first use (``_io_lock`` held; may raise).
+        """This process's client and script runner, created on first use (``_io_lock`` held; may raise).
 
         Our own client holds a single connection that the runner drives directly: writes are serialised by
         ``_io_lock`` anyway, and skipping the pool and redis-py's command layers is a measurable part of a round trip.
@@ -161,15 +182,8 @@ class StreamWriter:
             if self._given_client is not None:
                 self._connected = (self._given_client, ScriptAppend(self._given_client))
             else:
-                client = redis.Redis.from_url(
-                    self.settings.redis_url,
-                    socket_timeout=self.settings.socket_timeout_seconds,
-                    socket_connect_timeout=self.settings.socket_timeout_seconds,
-                    retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                    single_connection_client=True,
-                )
-                if client.connection is None:
-                    raise RuntimeError("redis-py did not create the single connection it was asked for")
+                client = writer_client(self.settings)
+                assert client.connection is not None  # writer_client checks it
                 self._connected = (client, ConnectionAppend(client.connection))
             self._connected_pid = pid
         return self._connected

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
+from .._core.clients import async_command_client, async_pubsub_client
 from .._core.codec import is_valid_stream_id, make_entry, parse_stream_id
 from .._core.errors import ConnectionRefused, SourceUnavailable
 from .._core.keys import validate_channel, validate_entry_type, validate_operation_id
@@ -28,7 +29,7 @@ from ._connections import Connections
 from ._hub import Hub
 from ._outbox import Outgoing
 from ._reads import NewestReader
-from ._redis_source import RedisSource, command_client, pubsub_client
+from ._redis_source import RedisSource
 from ._registry import ConnectionKey
 from ._server_exit import ServerExitWatch
 from ._session import Session
@@ -55,8 +56,8 @@ class ProgressManager:
     def __init__(self, settings: ProgressSettings | None = None, *, redis: Redis | None = None) -> None:
         self.settings = settings or ProgressSettings()
         self._owns_commands = redis is None
-        self.redis: Redis = redis if redis is not None else command_client(self.settings)
-        self._pubsub_redis = pubsub_client(self.settings, redis)
+        self.redis: Redis = redis if redis is not None else async_command_client(self.settings)
+        self._pubsub_redis = async_pubsub_client(self.settings, redis)
         self._source = RedisSource(self.settings, commands=self.redis, pubsub=self._pubsub_redis)
         self._hub = Hub(
             self._source,

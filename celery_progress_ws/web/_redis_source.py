@@ -19,10 +19,8 @@ import time
 from collections import deque
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -39,45 +37,8 @@ logger = logging.getLogger(__name__)
 
 DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 """What a lost or unreachable Redis raises."""
-COMMAND_CONNECTIONS = 1
-"""Command connections per process; with the pub/sub connection, two reading connections in all."""
 SUBSCRIBE_CHUNK = 256
 BACKOFF_FIRST_SECONDS = 0.05
-
-
-def command_client(settings: ProgressSettings) -> Redis:
-    """A client on a bounded blocking pool (redis-py's default pool stalls silently past 100 connections).
-
-    Waiting for the connection is bounded by the socket timeout (then ``ConnectionError``); a dropped connection is
-    retried once on a new one, a timeout is not (retrying a stalled server only doubles the wait).
-    """
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=COMMAND_CONNECTIONS,
-        timeout=settings.socket_timeout_seconds,
-        socket_timeout=settings.socket_timeout_seconds,
-        socket_connect_timeout=settings.socket_timeout_seconds,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    )
-    return Redis(connection_pool=pool)
-
-
-def pubsub_client(settings: ProgressSettings, commands: Redis | None = None) -> Redis:
-    """A client for the pub/sub connection that never reconnects behind our back (a lost message must be noticed)."""
-    never = Retry(NoBackoff(), 0, supported_errors=())
-    if commands is None:
-        pool = ConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=1,
-            socket_timeout=settings.socket_timeout_seconds,
-            socket_connect_timeout=settings.socket_timeout_seconds,
-            retry=never,
-        )
-    else:
-        base = commands.connection_pool
-        kwargs = {**base.connection_kwargs, "retry": never, "decode_responses": False}
-        pool = ConnectionPool(connection_class=base.connection_class, max_connections=1, **kwargs)
-    return Redis(connection_pool=pool)
 
 
 class RedisSource:

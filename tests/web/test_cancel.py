@@ -15,7 +15,7 @@ from serverapp import build_app
 from websockets.asyncio.client import connect
 
 from celery_progress_ws import ProgressSettings, track
-from celery_progress_ws._aggregate.track import aggregate_children
+from celery_progress_ws._aggregate.track import aggregate_children_async
 from celery_progress_ws.web import ProgressManager
 from devtools.servers import PrivateRedis
 
@@ -101,7 +101,8 @@ async def test_cancel_of_an_aggregate_revokes_every_child(
             messages = await receive_until_closed(websocket)
         assert messages[-1]["type"] == "status_update"
         assert messages[-1]["data"]["status"] == "cancelled"
-        children = aggregate_children(operation, module_settings)
+        manager = cancel_server.manager
+        children = await cancel_server.call(aggregate_children_async(operation, module_settings, manager.redis))
         assert children is not None
         await eventually(lambda: all(child in worker_state.revoked for child in children), within=10)
     finally:

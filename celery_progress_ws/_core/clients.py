@@ -1,0 +1,147 @@
+"""Every Redis client the library opens is built here, from ``ProgressSettings.redis_url``: the one place that knows
+the deployment's topology and each client's timeouts and retries.
+
+The URL's scheme names the topology: ``redis://``, ``rediss://`` and ``unix://`` one server. ``redis+cluster://`` and
+``redis+sentinel://`` are recognised and refused for now: supporting one means a branch per builder below, where each
+calls ``_server_url``, and nothing elsewhere. Building a client does no I/O (it connects on first use), except for
+``writer_client``, which opens its one connection at once.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from .settings import ProgressSettings
+
+WEB_COMMAND_CONNECTIONS = 1
+"""Command connections of a web process; with the pub/sub connection, two reading connections in all."""
+REGISTRATION_TIMEOUT_FACTOR = 10
+"""``track()``'s one pipelined registration may carry thousands of children: its reply may take this much longer."""
+WATCH_CONNECT_TIMEOUT_SECONDS = 5.0
+WATCH_SOCKET_TIMEOUT_SECONDS = 10.0
+WATCH_CLIENT_NAME = "celery-progress-ws-watch"
+
+
+class Topology(StrEnum):
+    """What a Redis URL points at."""
+
+    STANDALONE = "standalone"
+    CLUSTER = "cluster"
+    SENTINEL = "sentinel"
+
+
+_SCHEMES = {
+    "redis": Topology.STANDALONE,
+    "rediss": Topology.STANDALONE,
+    "unix": Topology.STANDALONE,
+    "redis+cluster": Topology.CLUSTER,
+    "redis+sentinel": Topology.SENTINEL,
+}
+
+
+def topology_of(url: str) -> Topology:
+    """The topology ``url`` names, after checking it; ``ValueError`` if it is malformed or not supported yet."""
+    scheme = urlsplit(url).scheme.lower()
+    topology = _SCHEMES.get(scheme)
+    if topology is None:
+        raise ValueError(f"Redis URL scheme must be redis://, rediss:// or unix://, not {scheme + '://'!r}")
+    if topology is not Topology.STANDALONE:
+        raise ValueError(f"{scheme}:// URLs (Redis {topology.value}) are not supported yet")
+    redis.ConnectionPool.from_url(url)  # redis-py's own checks (port, database, query options); no I/O
+    return topology
+
+
+def validate_url(settings: ProgressSettings) -> None:
+    """Raise ``ValueError`` now for a URL no client could use, rather than at the first write."""
+    topology_of(settings.redis_url)
+
+
+def _server_url(settings: ProgressSettings) -> str:
+    """The URL of the single server the settings name (the only topology so far)."""
+    topology_of(settings.redis_url)
+    return settings.redis_url
+
+
+def writer_client(settings: ProgressSettings) -> redis.Redis:
+    """The worker writer's client: one dedicated connection (``client.connection``, opened here: may raise redis-py's
+    errors) that the writer drives directly.
+
+    Socket and connect timeouts are the settings' socket timeout; a dropped connection is reopened once at once, a
+    timeout is not retried (the writer buffers instead).
+    """
+    client = redis.Redis.from_url(
+        _server_url(settings),
+        socket_timeout=settings.socket_timeout_seconds,
+        socket_connect_timeout=settings.socket_timeout_seconds,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        single_connection_client=True,
+    )
+    if client.connection is None:
+        raise RuntimeError("redis-py did not create the single connection it was asked for")
+    return client
+
+
+def registration_client(settings: ProgressSettings) -> redis.Redis:
+    """A pooled client for ``track()``'s registration: its reply may take ``REGISTRATION_TIMEOUT_FACTOR`` socket
+    timeouts; connecting and retrying follow redis-py's defaults."""
+    return redis.Redis.from_url(
+        _server_url(settings), socket_timeout=settings.socket_timeout_seconds * REGISTRATION_TIMEOUT_FACTOR
+    )
+
+
+def watch_client(settings: ProgressSettings) -> redis.Redis:
+    """The ``watch`` command's client: decoded replies, and no retry, so every failure reaches the watcher (which
+    reconnects and resumes from the stream itself)."""
+    return redis.Redis.from_url(
+        _server_url(settings),
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=WATCH_CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=WATCH_SOCKET_TIMEOUT_SECONDS,
+        client_name=WATCH_CLIENT_NAME,
+    )
+
+
+def async_command_client(settings: ProgressSettings) -> redis.asyncio.Redis:
+    """The web half's command client, on a bounded blocking pool (redis-py's default pool stalls silently past its
+    limit).
+
+    Waiting for the connection is bounded by the socket timeout (then ``ConnectionError``); a dropped connection is
+    retried once on a new one, a timeout is not (retrying a stalled server only doubles the wait).
+    """
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        _server_url(settings),
+        max_connections=WEB_COMMAND_CONNECTIONS,
+        timeout=settings.socket_timeout_seconds,
+        socket_timeout=settings.socket_timeout_seconds,
+        socket_connect_timeout=settings.socket_timeout_seconds,
+        retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+def async_pubsub_client(settings: ProgressSettings, commands: redis.asyncio.Redis | None = None) -> redis.asyncio.Redis:
+    """The web half's pub/sub client: one connection that never reconnects behind the caller's back (a lost message
+    must be noticed). Given the app's own ``commands`` client, it connects where and how that one does."""
+    never = AsyncRetry(NoBackoff(), 0, supported_errors=())
+    if commands is None:
+        pool = redis.asyncio.ConnectionPool.from_url(
+            _server_url(settings),
+            max_connections=1,
+            socket_timeout=settings.socket_timeout_seconds,
+            socket_connect_timeout=settings.socket_timeout_seconds,
+            retry=never,
+        )
+    else:
+        base = commands.connection_pool
+        kwargs = {**base.connection_kwargs, "retry": never, "decode_responses": False}
+        pool = redis.asyncio.ConnectionPool(connection_class=base.connection_class, max_connections=1, **kwargs)
+    return redis.asyncio.Redis(connection_pool=pool)

@@ -1,0 +1,130 @@
+"""The Redis client factory: each kind of client gets the options its callers rely on; bad URLs fail at once."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from celery_progress_ws import ProgressPublisher, ProgressSettings
+from celery_progress_ws._core import clients
+from celery_progress_ws.web import ProgressManager
+from devtools.servers import PrivateRedis
+
+SETTINGS = ProgressSettings(redis_url="redis://127.0.0.1:6390/3", socket_timeout_seconds=0.7)
+
+
+def retry_of(kwargs: dict[str, object]) -> tuple[int, tuple[type[BaseException], ...], type[object]]:
+    """A connection's retry policy: how many retries, on which errors, with which backoff."""
+    retry = kwargs["retry"]
+    return retry._retries, tuple(retry._supported_errors), type(retry._backoff)  # type: ignore[attr-defined]
+
+
+def test_writer_client_is_one_connection_with_the_socket_timeout_and_one_reconnect(private_redis: PrivateRedis) -> None:
+    """The writer's client owns a single connection: socket timeouts, one immediate retry on connection errors only."""
+    client = clients.writer_client(SETTINGS.model_copy(update={"redis_url": private_redis.url}))
+    try:
+        assert client.connection is not None
+        kwargs = client.connection_pool.connection_kwargs
+        assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("127.0.0.1", private_redis.port, 0)
+        assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.7, 0.7)
+        assert client.info("clients")["connected_clients"] == 1
+        assert retry_of(kwargs) == (1, (RedisConnectionError,), NoBackoff)
+    finally:
+        client.close()
+
+
+def test_registration_client_allows_ten_socket_timeouts_for_the_reply() -> None:
+    """track()'s own client waits ten socket timeouts for its one large pipeline; the rest is redis-py's default."""
+    client = clients.registration_client(SETTINGS)
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == pytest.approx(7.0)
+        assert "socket_connect_timeout" not in kwargs
+        assert client.connection is None
+    finally:
+        client.close()
+
+
+def test_watch_client_decodes_and_never_retries() -> None:
+    """The watch command's client decodes replies, names itself, and leaves every failure to the watcher."""
+    client = clients.watch_client(SETTINGS)
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["decode_responses"] is True
+        assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (5.0, 10.0)
+        assert kwargs["client_name"] == "celery-progress-ws-watch"
+        assert retry_of(kwargs)[0] == 0
+    finally:
+        client.close()
+
+
+async def test_async_command_client_is_a_bounded_blocking_pool_of_one() -> None:
+    """The web command client: one connection, waited for at most a socket timeout, one retry on connection errors."""
+    client = clients.async_command_client(SETTINGS)
+    try:
+        pool = client.connection_pool
+        assert isinstance(pool, redis.asyncio.BlockingConnectionPool)
+        assert (pool.max_connections, pool.timeout) == (1, 0.7)
+        kwargs = pool.connection_kwargs
+        assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.7, 0.7)
+        assert retry_of(kwargs) == (1, (RedisConnectionError,), NoBackoff)
+    finally:
+        await client.aclose()
+
+
+async def test_async_pubsub_client_never_reconnects_on_its_own() -> None:
+    """The pub/sub client has one connection and no retry, alone or derived from the app's command client."""
+    commands = redis.asyncio.Redis.from_url("redis://127.0.0.1:6391/0", decode_responses=True, socket_timeout=3)
+    for client in (clients.async_pubsub_client(SETTINGS), clients.async_pubsub_client(SETTINGS, commands)):
+        try:
+            pool = client.connection_pool
+            assert pool.max_connections == 1
+            assert retry_of(pool.connection_kwargs) == (0, (), NoBackoff)
+            assert not pool.connection_kwargs.get("decode_responses", False)
+        finally:
+            await client.aclose()
+    derived = clients.async_pubsub_client(SETTINGS, commands).connection_pool.connection_kwargs
+    assert (derived["port"], derived["socket_timeout"]) == (6391, 3)
+    await commands.aclose()
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://h/1", "unix:///tmp/redis.sock?db=2"])
+def test_single_server_urls_are_standalone(url: str) -> None:
+    """redis://, rediss:// and unix:// URLs name one server."""
+    assert clients.topology_of(url) is clients.Topology.STANDALONE
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://h:7000", "redis+sentinel://h:26379/mymaster"])
+def test_cluster_and_sentinel_urls_are_refused_by_every_caller(url: str) -> None:
+    """Cluster and Sentinel URLs are recognised but refused (ValueError) by the publisher, the manager and track."""
+    settings = ProgressSettings(redis_url=url)
+    with pytest.raises(ValueError, match="not supported yet"):
+        ProgressPublisher(settings)
+    with pytest.raises(ValueError, match="not supported yet"):
+        ProgressManager(settings)
+    with pytest.raises(ValueError, match="not supported yet"):
+        clients.registration_client(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [("http://h:6379", "scheme"), ("redis://h:port/0", "Port"), ("redis:///no-host?db=x", "'db'")],
+)
+def test_malformed_urls_are_a_value_error_when_a_manager_is_built(url: str, problem: str) -> None:
+    """A URL no client could use fails when the manager or publisher is built, not at its first use."""
+    with pytest.raises(ValueError, match=problem):
+        ProgressManager(ProgressSettings(redis_url=url))
+    with pytest.raises(ValueError, match=problem):
+        ProgressPublisher(ProgressSettings(redis_url=url))
+
+
+def test_a_given_client_needs_no_valid_url() -> None:
+    """A publisher given its client never reads the settings' URL."""
+    given = redis.Redis()
+    try:
+        ProgressPublisher(ProgressSettings(redis_url="redis+cluster://h:7000"), client=given)
+    finally:
+        given.close()
