@@ -56,17 +56,25 @@ class EventStreamTransport:
         self._given_up = False
 
     async def start(self, headers: list[tuple[bytes, bytes]]) -> None:
-        await self._write({"type": "http.response.start", "status": 200, "headers": headers})
+        rest = self._begin({"type": "http.response.start", "status": 200, "headers": headers})
+        if rest is not None:
+            await self._finish(rest)
 
     async def send(self, item: Outgoing) -> None:
-        await self._write(_body(item.sse))
+        rest = self._begin(_body(item.sse))
+        if rest is not None:
+            await self._finish(rest)
 
     async def send_many(self, items: list[Outgoing]) -> None:
-        await self._write(_body(b"".join([item.sse for item in items])))
+        rest = self._begin(_body(b"".join([item.sse for item in items])))
+        if rest is not None:
+            await self._finish(rest)
 
     async def close(self, code: int, reason: str) -> None:
         """End the response (an event stream carries no close code)."""
-        await self._write({"type": "http.response.body", "body": b"", "more_body": False})
+        rest = self._begin({"type": "http.response.body", "body": b"", "more_body": False})
+        if rest is not None:
+            await self._finish(rest)
 
     def abort(self) -> None:
         """Drop the socket: its client has stopped reading."""
@@ -80,13 +88,14 @@ class EventStreamTransport:
         self._socket.abort()
         self.dropped = True
 
-    async def _write(self, message: Message) -> None:
-        """Send ``message``: no timer when it completes at once (the socket takes it), else within the timeout."""
+    def _begin(self, message: Message) -> Awaitable[None] | None:
+        """Send ``message`` as far as it goes at once: ``None`` when the socket took it (no timer needed), else the
+        rest, which ``_finish`` bounds."""
         self.last_write = self._clock()
         sending = self._send(message)
-        rest = run_eagerly(sending) if isinstance(sending, Coroutine) else sending
-        if rest is None:
-            return
+        return run_eagerly(sending) if isinstance(sending, Coroutine) else sending
+
+    async def _finish(self, rest: Awaitable[None]) -> None:
         try:
             async with asyncio.timeout(self._send_timeout):
                 await rest
