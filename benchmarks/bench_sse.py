@@ -32,6 +32,7 @@ from starlette.responses import Response
 
 from benchmarks._harness import ROOT, cpu_seconds, delete_prefix, install_watchdog, median
 from celery_progress_ws import ProgressSettings
+from celery_progress_ws._core.streams import Topic, TopicKind
 from celery_progress_ws.web import ProgressManager, create_progress_router
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web._session import Session
@@ -64,7 +65,8 @@ def build_app(variant: str) -> FastAPI:
 
         @app.get("/progress" + EVENTS_PATH)
         async def events(operation_id: str, connection: HTTPConnection) -> Response:
-            session = await manager.open_events(operation_id, user_id(connection))
+            topic = Topic(TopicKind.OPERATION, operation_id)
+            session = await manager._open_stream(topic, user_id(connection), None)
 
             async def frames(session: Session) -> AsyncIterator[Any]:
                 while (item := await session.outbox.get()) is not None:
@@ -74,7 +76,7 @@ def build_app(variant: str) -> FastAPI:
                 frames(session),
                 ping=settings.heartbeat_seconds,
                 send_timeout=settings.send_timeout_seconds,
-                background=BackgroundTask(manager.close_events, session),
+                background=BackgroundTask(manager._end, session),
             )
 
     app.include_router(create_progress_router(manager, get_user_id=user_id, authorize=allow), prefix="/progress")

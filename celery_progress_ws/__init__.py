@@ -5,13 +5,17 @@ The worker half lives here; the web half (FastAPI) is in ``celery_progress_ws.we
 
 from ._aggregate.track import track
 from ._core.errors import (
+    BrokerUnavailable,
     ConnectionRefused,
     EntryTooLarge,
     InvalidChannelName,
     InvalidEntryType,
     InvalidOperationId,
+    InvalidOrigin,
     MalformedEntry,
     NoOperationContext,
+    OperationFinished,
+    OperationNotFound,
     ProgressError,
     ServerLimitExceeded,
     Unauthorized,
@@ -36,6 +40,7 @@ from ._worker.signals import enable_queued_events
 from ._worker.writer import PublishResult
 
 __all__ = [
+    "BrokerUnavailable",
     "ConnectionRefused",
     "DeliveredEntry",
     "EntryTooLarge",
@@ -43,8 +48,11 @@ __all__ = [
     "InvalidChannelName",
     "InvalidEntryType",
     "InvalidOperationId",
+    "InvalidOrigin",
     "MalformedEntry",
     "NoOperationContext",
+    "OperationFinished",
+    "OperationNotFound",
     "ProgressBootstep",
     "ProgressData",
     "ProgressError",

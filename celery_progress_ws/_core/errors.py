@@ -1,4 +1,4 @@
-"""Exceptions raised by celery-progress-ws.
+"""Exceptions raised by celery-progress-ws: every one is a ``ProgressError``.
 
 ::
 
@@ -6,9 +6,16 @@
     ├── InvalidOperationId      (also a ValueError)
     ├── InvalidChannelName      (also a ValueError)
     ├── InvalidEntryType        (also a ValueError)
+    ├── InvalidOrigin           (also a ValueError)
     ├── MalformedEntry          (also a ValueError)
     ├── EntryTooLarge           (also a ValueError)
     ├── NoOperationContext      (also a RuntimeError)
+    ├── TransportClosed         a connection's peer has gone (handled inside the web half)
+    │   └── SendStuck           the peer stopped reading: a send outlasted the send timeout
+    ├── OperationNotFound       (also a LookupError) cancel: nothing is known about the operation
+    ├── OperationFinished       cancel: the operation has already ended
+    ├── BrokerUnavailable       cancel: the revoke could not reach the workers
+    ├── SourceUnavailable       the stream store cannot be reached right now (answered 503)
     └── ConnectionRefused
         ├── Unauthorized
         ├── UserLimitExceeded
@@ -16,6 +23,11 @@
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .schemas import TaskStatus
 
 
 class ProgressError(Exception):
@@ -44,6 +56,34 @@ class EntryTooLarge(ProgressError, ValueError):
 
 class NoOperationContext(ProgressError, RuntimeError):
     """``report_progress``/``send_event`` called outside a task without an explicit ``operation_id``."""
+
+
+class InvalidOrigin(ProgressError, ValueError):
+    """Not an origin of the form ``scheme://host[:port]``."""
+
+
+class TransportClosed(ProgressError):
+    """The peer of a connection has gone; raised by a transport instead of its framework's own exception."""
+
+
+class SendStuck(TransportClosed):
+    """A send did not finish within the send timeout: the client has stopped reading, and is dropped."""
+
+
+class OperationNotFound(ProgressError, LookupError):
+    """Nothing is known about the operation to cancel: no stream and no aggregate."""
+
+
+class OperationFinished(ProgressError):
+    """The operation to cancel has already ended; ``status`` is its terminal status when known."""
+
+    def __init__(self, status: TaskStatus | None = None) -> None:
+        self.status = status
+        super().__init__(f"The operation has already ended ({status.value})" if status else "The operation has ended")
+
+
+class BrokerUnavailable(ProgressError):
+    """The revoke of a cancel request could not be broadcast to the workers."""
 
 
 class ConnectionRefused(ProgressError):

@@ -5,13 +5,11 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+from .errors import InvalidOrigin
+
 ANY_ORIGIN = "*"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
-
-
-class InvalidOrigin(ValueError):
-    """Not an origin of the form ``scheme://host[:port]``."""
 
 
 def normalize_origin(text: str) -> str:

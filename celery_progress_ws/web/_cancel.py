@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from .._aggregate.track import aggregate_children_async, cancel_aggregate_async
-from .._core.errors import ProgressError, SourceUnavailable
+from .._core.errors import BrokerUnavailable, OperationFinished, OperationNotFound, SourceUnavailable
 from .._core.keys import validate_operation_id
 from .._core.policy import terminal_status
 from .._core.schemas import STATUS_UPDATE, TaskStatus
@@ -34,22 +34,6 @@ BROKER_DOWN = (OperationalError, RedisError, OSError)
 CANCELLED_MESSAGE = "Cancelled on request"
 LOOKBACK = 16
 """Newest entries searched for a terminal status (nothing but a late second terminal entry follows the first)."""
-
-
-class OperationNotFound(ProgressError, LookupError):
-    """Nothing is known about the operation: no stream and no aggregate."""
-
-
-class OperationFinished(ProgressError):
-    """The operation has already ended; ``status`` is its terminal status when known."""
-
-    def __init__(self, status: TaskStatus | None = None) -> None:
-        self.status = status
-        super().__init__(f"The operation has already ended ({status.value})" if status else "The operation has ended")
-
-
-class BrokerUnavailable(ProgressError):
-    """The revoke could not be broadcast to the workers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +66,7 @@ class Canceller:
         operation_id = validate_operation_id(operation_id)
         settings = self._manager.settings
         client = self._manager.redis
-        entries = await self._manager.read_entries(operation_id, LOOKBACK)
+        entries = await self._manager._read_entries(operation_id, LOOKBACK)
         children = await _redis_call(aggregate_children_async(operation_id, settings, client))
         if not entries and children is None:
             raise OperationNotFound(f"Nothing is known about operation {operation_id}")

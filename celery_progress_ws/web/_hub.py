@@ -24,8 +24,9 @@ from .._core.errors import MalformedEntry, SourceUnavailable
 from .._core.policy import is_finished, is_terminal
 from .._core.schemas import GapReason
 from .._core.streams import StreamSource, Topic, TopicKind, gap_reason
+from . import _close_codes as close
 from ._outbox import Outgoing
-from ._subscriber import CLOSE_COMPLETED, Subscriber
+from ._subscriber import Subscriber
 from ._tasks import stop_task
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ RETRY_FIRST_SECONDS = 0.05
 BEHIND_MS = 50
 """A live entry older than this (by its id's time) means the reader is behind: connections then send from their
 queues, in batches, instead of the reader sending to each socket itself (cheapest per message when keeping up)."""
-CLOSE_INTERNAL_ERROR = (1011, "Internal server error")
 PLAUSIBLE_AHEAD_MS = 5_000
 """A live id further ahead of Redis' clock than this was not issued by Redis: real ids carry the time of their XADD,
 which precedes the announcement. The margin covers the error of the measured clock offset and small clock steps; a
@@ -215,7 +215,7 @@ class Hub:
             await self._catch_up_rounds(subscriber)
         except Exception:  # a task boundary: end this one connection, never the process
             logger.exception("Catch-up of %s %r failed", subscriber.topic.kind, subscriber.topic.name)
-            subscriber.outbox.abort(*CLOSE_INTERNAL_ERROR)
+            subscriber.outbox.abort(*close.INTERNAL_ERROR)
 
     async def _catch_up_rounds(self, subscriber: Subscriber) -> None:
         delay = RETRY_FIRST_SECONDS
@@ -245,7 +245,7 @@ class Hub:
             elif reason is not None:
                 subscriber.note_gap(reason)
             elif info is not None and info.last is not None and self._finished(topic, position.key, *info.last):
-                subscriber.outbox.close(*CLOSE_COMPLETED)  # resumed at the terminal entry: nothing will come
+                subscriber.outbox.close(*close.COMPLETED)  # resumed at the terminal entry: nothing will come
                 return
         position.run_id = run_id
         cursor = position.last_id

@@ -1,7 +1,8 @@
 """``ProgressManager``: the web half's facade, with the seed manager's public methods over the delivery core.
 
 It wires the pieces together (a Redis command client and pub/sub client, the live source, the hub, the connection
-registry and the async publisher) and owns their lifecycle; the work itself happens in those pieces.
+registry and the async publisher) and owns their lifecycle; the work itself happens in those pieces. Its underscore
+methods are the router's plumbing (open a session, end it, read entries), not part of the public surface.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .._core.policy import is_finished
 from .._core.schemas import CHUNKING_PROGRESS
 from .._core.settings import ProgressSettings
 from .._core.streams import Topic, TopicKind
+from . import _close_codes as close
 from ._async_publisher import AsyncProgressPublisher
 from ._connections import Connections
 from ._hub import Hub
@@ -34,14 +36,11 @@ from ._registry import ConnectionKey
 from ._server_exit import ServerExitWatch
 from ._session import Session
 from ._state import OperationGetter, current_state, has_status_and_progress, snapshot
-from ._subscriber import CLOSE_COMPLETED
 from ._user_count import RedisUserCount
-from ._websocket import ClientInput, WebSocketTransport, refuse, serve
+from ._websocket import WebSocketTransport, refuse
 
 logger = logging.getLogger(__name__)
 
-CLOSE_SHUTDOWN = (1001, "Server shutting down")
-CLOSE_RESTART = (1012, "Server restarting")
 THROTTLE_IDLE_SECONDS = 300.0
 
 
@@ -102,6 +101,7 @@ class ProgressManager:
 
     @property
     def connection_count(self) -> int:
+        """Open WebSocket and SSE connections of this process (each holds its slot until its socket is gone)."""
         return len(self._connections)
 
     async def startup(self) -> None:
@@ -125,7 +125,7 @@ class ProgressManager:
         await self._exit_watch.stop()
         with contextlib.suppress(RedisError):
             await self._publisher.aclose()
-        await self._connections.close_all(*CLOSE_SHUTDOWN)
+        await self._connections.close_all(*close.SHUTDOWN)
         await self._user_count.stop()
         await self._source.stop()
         await self._pubsub_redis.aclose()
@@ -156,37 +156,63 @@ class ProgressManager:
         ``ServerLimitExceeded``). Returns once the socket is accepted; history and live entries follow.
         """
         topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
-        await self._open_websocket(websocket, topic, user_id, last_event_id)
+        await self._open_socket(websocket, topic, user_id, last_event_id)
 
     async def disconnect(self, websocket: WebSocket, operation_id: str, user_id: str) -> None:
         """Forget a WebSocket of an operation (call it when the socket is done, however it ended)."""
-        await self._close_websocket(websocket, ConnectionKey(str(user_id), TopicKind.OPERATION, operation_id))
+        await self._disconnect(websocket, ConnectionKey(str(user_id), TopicKind.OPERATION, operation_id))
 
     async def connect_to_channel(
         self, websocket: WebSocket, channel: str, user_id: str, *, last_event_id: str | None = None
     ) -> None:
         """Accept a WebSocket for a custom channel: its stored messages (after ``last_event_id``), then live ones."""
         topic = Topic(TopicKind.CHANNEL, validate_channel(channel))
-        await self._open_websocket(websocket, topic, user_id, last_event_id)
+        await self._open_socket(websocket, topic, user_id, last_event_id)
 
     async def disconnect_from_channel(self, websocket: WebSocket, channel: str, user_id: str) -> None:
         """Forget a WebSocket of a custom channel."""
-        await self._close_websocket(websocket, ConnectionKey(str(user_id), TopicKind.CHANNEL, channel))
+        await self._disconnect(websocket, ConnectionKey(str(user_id), TopicKind.CHANNEL, channel))
 
-    async def listen(self, websocket: WebSocket) -> None:
-        """Read (bounded, rate-limited, ignored) client messages until the client leaves or the server ends it."""
-        session = self._connections.of_websocket(websocket)
-        if session is not None:
-            await serve(websocket, session, ClientInput.of(self.settings))
+    # -- the router's plumbing: a route opens a session, holds it, and ends it once its socket is gone --------------
 
-    async def open_events(self, operation_id: str, user_id: str, *, last_event_id: str | None = None) -> Session:
-        """Register an SSE connection (limits apply) and start its delivery; end it with ``close_events``."""
-        topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
-        session = await self._open(topic, user_id, last_event_id, handle=None)
+    async def _open_socket(
+        self, websocket: WebSocket, topic: Topic, user_id: str, last_event_id: str | None
+    ) -> Session:
+        """Register and accept a WebSocket and start its delivery; refusals close it with 1008 and raise
+        ``ConnectionRefused``. End the session with ``_end``."""
+        try:
+            session = await self._open(topic, user_id, last_event_id)
+        except ConnectionRefused as exc:
+            await refuse(websocket, exc.reason)
+            raise
+        try:
+            await websocket.accept()
+        except BaseException:
+            await self._connections.end(session)
+            raise
+        session.websocket = websocket
+        session.start_sender(WebSocketTransport(websocket))
+        self._connections.attach(session)
+        logger.info("%s connected (%d in this process)", session.key, len(self._connections))
+        return session
+
+    async def _open_stream(self, topic: Topic, user_id: str, last_event_id: str | None) -> Session:
+        """Register an event stream (limits apply) and start its delivery into its outbox; its response sends it
+        (``EventStreamResponse``), then ends it with ``_end``."""
+        session = await self._open(topic, user_id, last_event_id, stream=True)
         if self._exiting:
-            session.outbox.abort(*CLOSE_RESTART)
+            session.outbox.abort(*close.RESTART)
         self._connections.attach(session)
         return session
+
+    async def _end(self, session: Session) -> None:
+        """End a session (its socket is gone, or was never opened): its slot and lease are freed."""
+        await self._connections.end(session)
+
+    async def _disconnect(self, websocket: WebSocket, key: ConnectionKey) -> None:
+        session = self._connections.find(key, websocket)
+        if session is not None:
+            await self._connections.end(session)
 
     def _end_streams(self) -> None:
         """The server has begun to exit: end every event stream now (it closes WebSockets itself, with 1012).
@@ -197,36 +223,15 @@ class ProgressManager:
         streams = self._connections.streams()
         logger.info("Server exiting: ending %d event streams", len(streams))
         for session in streams:
-            session.outbox.abort(*CLOSE_RESTART)
+            session.outbox.abort(*close.RESTART)
 
-    async def close_events(self, session: Session) -> None:
-        """End an SSE connection (its response has finished, however it ended)."""
-        await self._connections.end(session)
-
-    async def _open_websocket(
-        self, websocket: WebSocket, topic: Topic, user_id: str, last_event_id: str | None
-    ) -> None:
-        try:
-            session = await self._open(topic, user_id, last_event_id, handle=websocket)
-        except ConnectionRefused as exc:
-            await refuse(websocket, exc.reason)
-            raise
-        try:
-            await websocket.accept()
-        except BaseException:
-            await self._connections.end(session)
-            raise
-        session.start_sender(WebSocketTransport(websocket))
-        self._connections.attach(session)
-        logger.info("%s connected (%d in this process)", session.key, len(self._connections))
-
-    async def _open(self, topic: Topic, user_id: str, last_event_id: str | None, *, handle: object) -> Session:
+    async def _open(self, topic: Topic, user_id: str, last_event_id: str | None, *, stream: bool = False) -> Session:
         """Register a session within the limits and queue its ``current_state``; delivery starts on ``attach``."""
         if not self._started:
             await self.startup()
         if last_event_id is not None and not is_valid_stream_id(last_event_id):
             raise ValueError(f"last_event_id {last_event_id[:50]!r} is not a stream id such as 1700000000000-0")
-        session = await self._connections.open(topic, str(user_id), last_event_id, handle=handle)
+        session = await self._connections.open(topic, str(user_id), last_event_id, stream=stream)
         if topic.kind is TopicKind.OPERATION and self._get_operation is not None:
             try:
                 state = await self._current_state(topic.name)
@@ -245,11 +250,6 @@ class ProgressManager:
         except Exception:  # the application's getter: its failure must not refuse the connection
             logger.exception("The operation getter failed for %s; no current_state sent", operation_id)
             return None
-
-    async def _close_websocket(self, websocket: WebSocket, key: ConnectionKey) -> None:
-        session = self._connections.of_websocket(websocket)
-        if session is not None and session.key == key:
-            await self._connections.end(session)
 
     # -- publishing -----------------------------------------------------------------------------------------------
 
@@ -341,7 +341,7 @@ class ProgressManager:
         newest = await self._reads.newest(topic, has_status_and_progress)
         return snapshot(operation_id, newest, await self._current_state(operation_id))
 
-    async def read_entries(self, operation_id: str, count: int | None = None) -> list[dict[str, Any]]:
+    async def _read_entries(self, operation_id: str, count: int | None = None) -> list[dict[str, Any]]:
         """Well-formed entries among the newest ``count`` (default ``history_batch``) of an operation, newest first.
 
         Entries over ``max_entry_bytes`` are skipped. Raises ``SourceUnavailable`` when Redis cannot be read in time.
@@ -351,7 +351,7 @@ class ProgressManager:
         newest = await self._reads.newest(topic, lambda entries: False, limit)
         return [entry for _, entry in newest.entries]
 
-    async def is_finished(self, operation_id: str, last_event_id: str) -> bool:
+    async def _is_finished(self, operation_id: str, last_event_id: str) -> bool:
         """Whether ``last_event_id`` is the operation's newest entry and that entry is terminal (nothing will come).
 
         An id after the newest entry is not: the stream never issued it (the client gets a gap, then the stream).
@@ -380,7 +380,7 @@ class ProgressManager:
         self._publisher.forget(operation_id)
         await self.cleanup_stream(operation_id)
         for subscriber in self._hub.subscribers(Topic(TopicKind.OPERATION, operation_id)):
-            subscriber.outbox.close(*CLOSE_COMPLETED)
+            subscriber.outbox.close(*close.COMPLETED)
 
     async def cleanup_stale_connections(self) -> int:
         """Unregister connections whose sender has stopped and drop idle throttle state; return how many."""

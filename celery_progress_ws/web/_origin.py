@@ -11,7 +11,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._core.origins import ANY_ORIGIN, InvalidOrigin, allowed_origin_entry, normalize_origin
+from .._core.errors import InvalidOrigin
+from .._core.origins import ANY_ORIGIN, allowed_origin_entry, normalize_origin
 
 logger = logging.getLogger(__name__)
 

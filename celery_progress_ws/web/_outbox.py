@@ -44,6 +44,13 @@ class Outgoing:
         """
         return cls(None, None, validate_entry_type(message.get("type", "message")), _dumps(message), terminal)
 
+    @classmethod
+    def comment(cls, text: str) -> Outgoing:
+        """An event-stream comment (a heartbeat): no event for the client; only event streams are given one."""
+        item = cls(None, None, "comment", "", False)
+        item._sse = f": {text}\n\n".encode()
+        return item
+
     @property
     def sse(self) -> bytes:
         """The Server-Sent Events frame (UTF-8), built on first use and then shared.

@@ -52,6 +52,10 @@ class ConnectionRegistry(Generic[H]):
         """A snapshot of every ``(key, handle)``."""
         return iter([(key, handle) for key, handles in self._handles.items() for handle in handles.values()])
 
+    def under(self, key: ConnectionKey) -> list[H]:
+        """The handles registered under ``key``."""
+        return list(self._handles.get(key, {}).values())
+
     def count(self, user_id: str) -> int:
         return self._per_user[user_id]
 

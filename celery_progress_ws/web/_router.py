@@ -1,4 +1,7 @@
-"""``create_progress_router``: HTTP and WebSocket routes translated to ``ProgressManager`` calls, nothing more."""
+"""``create_progress_router``: HTTP and WebSocket routes translated to ``ProgressManager`` calls, nothing more.
+
+Each connection route holds its session from opening to end: it ends the session once its socket is gone.
+"""
 
 # No `from __future__ import annotations`: FastAPI must resolve the routes' annotations, which use a local alias.
 
@@ -13,13 +16,24 @@ from fastapi.responses import FileResponse
 from starlette.requests import HTTPConnection
 
 from .._core.codec import is_valid_stream_id
-from .._core.errors import ConnectionRefused, InvalidChannelName, InvalidOperationId, SourceUnavailable, Unauthorized
+from .._core.errors import (
+    BrokerUnavailable,
+    ConnectionRefused,
+    InvalidChannelName,
+    InvalidOperationId,
+    OperationFinished,
+    OperationNotFound,
+    SourceUnavailable,
+    Unauthorized,
+)
 from .._core.keys import validate_channel, validate_operation_id
-from ._cancel import BrokerUnavailable, Canceller, OperationFinished, OperationNotFound
+from .._core.streams import Topic, TopicKind
+from . import _close_codes as close
+from ._cancel import Canceller
 from ._manager import ProgressManager
 from ._origin import OriginPolicy
 from ._sse import EventStreamResponse
-from ._websocket import POLICY_VIOLATION, refuse
+from ._websocket import ClientInput, refuse, serve
 
 STATIC = Path(__file__).parent / "static"
 CLIENT_FILES = {
@@ -55,6 +69,18 @@ def create_progress_router(
     channel_check = authorize_channel or authorize
     UserId = Annotated[Any, Depends(get_user_id)]  # noqa: N806 - a type alias
     router = APIRouter(dependencies=[Depends(_origin_guard(OriginPolicy(manager.settings.allowed_origins)))])
+    client_input = ClientInput.of(manager.settings)
+
+    async def hold_socket(websocket: WebSocket, topic: Topic, user_id: str, last_event_id: str | None) -> None:
+        """Serve one WebSocket session until its client leaves or the server ends it, then end it."""
+        try:
+            session = await manager._open_socket(websocket, topic, user_id, last_event_id)
+        except ConnectionRefused:
+            return
+        try:
+            await serve(websocket, session, client_input)
+        finally:
+            await manager._end(session)
 
     @router.websocket("/operations/{operation_id}/ws")
     async def operation_socket(
@@ -70,14 +96,7 @@ def create_progress_router(
         if not await _allowed(authorize, user_id, operation_id):
             await refuse(websocket, Unauthorized.reason)
             return
-        try:
-            await manager.connect(websocket, operation_id, str(user_id), last_event_id=resume)
-        except ConnectionRefused:
-            return
-        try:
-            await manager.listen(websocket)
-        finally:
-            await manager.disconnect(websocket, operation_id, str(user_id))
+        await hold_socket(websocket, Topic(TopicKind.OPERATION, operation_id), str(user_id), resume)
 
     @router.websocket("/channels/{channel}/ws")
     async def channel_socket(
@@ -93,14 +112,7 @@ def create_progress_router(
         if not await _allowed(channel_check, user_id, channel):
             await refuse(websocket, Unauthorized.reason)
             return
-        try:
-            await manager.connect_to_channel(websocket, channel, str(user_id), last_event_id=resume)
-        except ConnectionRefused:
-            return
-        try:
-            await manager.listen(websocket)
-        finally:
-            await manager.disconnect_from_channel(websocket, channel, str(user_id))
+        await hold_socket(websocket, Topic(TopicKind.CHANNEL, channel), str(user_id), resume)
 
     @router.get("/operations/{operation_id}/events", response_model=None)
     async def operation_events(
@@ -115,10 +127,10 @@ def create_progress_router(
         """
         operation_id, resume = _checked(operation_id, last_event_id_header or last_event_id)
         await _authorized(authorize, user_id, operation_id)
-        if resume is not None and await manager.is_finished(operation_id, resume):
+        if resume is not None and await manager._is_finished(operation_id, resume):
             return Response(status_code=204)  # tells EventSource not to reconnect: nothing more will come
         try:
-            session = await manager.open_events(operation_id, str(user_id), last_event_id=resume)
+            session = await manager._open_stream(Topic(TopicKind.OPERATION, operation_id), str(user_id), resume)
         except ConnectionRefused as exc:
             raise HTTPException(status_code=429, detail=exc.reason) from exc
         settings = manager.settings
@@ -126,7 +138,7 @@ def create_progress_router(
             session,
             heartbeat=settings.heartbeat_seconds,
             send_timeout=settings.send_timeout_seconds,
-            on_end=manager.close_events,
+            on_end=manager._end,
         )
 
     @router.get("/operations/{operation_id}")
@@ -183,7 +195,7 @@ def _origin_guard(policy: OriginPolicy) -> Callable[[HTTPConnection], Awaitable[
         if reason is None:
             return
         if connection.scope["type"] == "websocket":
-            raise WebSocketException(POLICY_VIOLATION, reason)  # closed before accepting: the handshake gets 403
+            raise WebSocketException(close.POLICY_VIOLATION, reason)  # closed before accepting: the handshake gets 403
         raise HTTPException(status_code=403, detail=reason)
 
     return check_origin

@@ -1,18 +1,29 @@
-"""One open connection: its registry key, its subscriber, its sender, and the deadline that bounds its ending.
+"""One open connection, WebSocket or event stream: its subscriber, the sender that drives its transport, and the
+phases of its ending, the same for both transports::
 
-A session with a sender task (a WebSocket) is given ``close_timeout`` seconds to finish once it starts ending; one
-without (an event stream) is bounded by its response instead, whose every send has that long (see ``_sse``).
+    OPEN ──outbox starts closing──> CLOSING ──sender stops──> FINISHED ──Connections.end──> ENDED
+      └───────────────────── Connections.end (refused, route done, shutdown) ────────────────┘
+
+- OPEN: registered (it holds a slot, and a lease in the shared per-user count); delivering once attached to the hub.
+- CLOSING: the outbox stopped taking messages (terminal entry, overflow, shutdown, server exit, the peer leaving, its
+  input over the limits), so delivery stops; the sender sends what is queued and the close within ``close_timeout``
+  seconds, after which its transport is aborted and the sender stopped.
+- FINISHED: the sender has stopped. The socket may still exist, so the session keeps its slot.
+- ENDED: its holder (the route, once the socket is gone; the manager at shutdown) ended it: slot and lease are free.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from enum import IntEnum
+from typing import Protocol
 
-from .._core.errors import ProgressError
+from .._core.errors import TransportClosed
 from .._core.streams import Topic
+from . import _close_codes as close
+from ._eager import run_eagerly
 from ._outbox import Outbox, Outgoing
 from ._registry import ConnectionKey
 from ._subscriber import Subscriber
@@ -24,23 +35,37 @@ CLOSE_TIMEOUT_SECONDS = 10.0
 ``ProgressSettings.send_timeout_seconds``)."""
 
 
-class TransportClosed(ProgressError):
-    """The peer has gone; raised by a ``Transport`` instead of its framework's own exception."""
+class Phase(IntEnum):
+    """Where a session is in its ending; it only moves forward."""
+
+    OPEN = 0
+    CLOSING = 1
+    FINISHED = 2
+    ENDED = 3
 
 
 class Transport(Protocol):
-    """What a sender needs from a connection (a WebSocket, or a test double)."""
+    """What a session's sender drives: a WebSocket, an event-stream response, or a test double."""
 
-    async def send_text(self, text: str) -> None:
+    @property
+    def max_batch(self) -> int:
+        """How many queued messages one ``send_many`` may carry (1: one message per send)."""
+
+    async def send(self, item: Outgoing) -> None:
         """Send one message; raise ``TransportClosed`` if the peer has gone."""
 
+    async def send_many(self, items: list[Outgoing]) -> None:
+        """Send queued messages in order (at most ``max_batch``); raise ``TransportClosed`` if the peer has gone."""
+
     async def close(self, code: int, reason: str) -> None:
-        """Close the connection with ``code`` and ``reason``; raise ``TransportClosed`` if the peer has gone."""
+        """End the connection with ``code`` and ``reason``; raise ``TransportClosed`` if the peer has gone."""
+
+    def abort(self) -> None:
+        """The client did not take its last messages in time: drop what the transport can (the sender is stopped)."""
 
 
 class Session:
-    """A registered connection. ``on_closing`` runs when the server starts ending it (terminal status, overflow,
-    shutdown, a gone peer); ``on_expired`` when it has not finished ``close_timeout`` seconds later."""
+    """A registered connection; ``on_closing`` runs once, when it enters ``CLOSING`` (its delivery must stop)."""
 
     def __init__(
         self,
@@ -49,30 +74,34 @@ class Session:
         *,
         capacity: int,
         last_event_id: str | None,
-        handle: object = None,
+        stream: bool = False,
         close_timeout: float = CLOSE_TIMEOUT_SECONDS,
         on_closing: Callable[[Session], None] | None = None,
-        on_expired: Callable[[Session], None] | None = None,
     ) -> None:
         self.key = key
-        self.handle = handle
-        """The framework object (a WebSocket) this session belongs to, found by identity."""
+        self.stream = stream
+        """An event stream: ended as soon as the hosting server starts to exit (see ``_server_exit``)."""
         self.subscriber = Subscriber(topic, capacity=capacity, last_event_id=last_event_id, on_closing=self._closing)
+        self.phase = Phase.OPEN
+        self.lease: str | None = None
+        """Its id in the shared per-user count, while it is counted there."""
+        self.websocket: object | None = None
+        """The WebSocket of a session opened by ``ProgressManager.connect``, which ``disconnect`` is given back."""
         self.sender: asyncio.Task[None] | None = None
         self.finished = Flag()
-        """Set when the sender has stopped (closed, aborted, or the peer left)."""
-        self.detached = False
-        """Set once delivery to it has stopped (it started ending; its socket may still be open)."""
-        self.released = False
-        """Set once it has ended and its registry slot (and shared lease) is freed."""
+        """Set when the sender has stopped (closed, dropped, or the peer left), or the session ended without one."""
+        self._transport: Transport | None = None
         self._close_timeout = close_timeout
         self._on_closing = on_closing
-        self._on_expired = on_expired
         self._deadline: asyncio.TimerHandle | None = None
 
     @property
     def outbox(self) -> Outbox:
         return self.subscriber.outbox
+
+    @property
+    def ended(self) -> bool:
+        return self.phase is Phase.ENDED
 
     def start_sender(self, transport: Transport, *, direct: bool = True) -> None:
         """Drain the outbox into ``transport`` in a task of its own.
@@ -82,31 +111,49 @@ class Session:
         """
         outbox = self.subscriber.outbox
         if direct:
-            send_text = transport.send_text
+            send = transport.send
 
             def send_now(item: Outgoing) -> Awaitable[None] | None:
-                return run_eagerly(send_text(item.text))
+                return run_eagerly(send(item))
 
             outbox.set_direct(send_now)
+        self._transport = transport
         self.sender = asyncio.get_running_loop().create_task(self._send_all(transport))
         if outbox.closing:  # it began ending before it had a sender: bound that sender too
             self._arm_deadline()
 
     async def _send_all(self, transport: Transport) -> None:
         outbox = self.subscriber.outbox
+        batch = transport.max_batch
         try:
             while (item := await outbox.get()) is not None:
-                await transport.send_text(item.text)
-            await transport.close(outbox.close_code or 1000, outbox.close_reason)
+                if batch > 1 and len(outbox):
+                    items = [item]
+                    while len(outbox) and len(items) < batch:  # queued items: ``get`` returns without waiting
+                        if (queued := await outbox.get()) is not None:
+                            items.append(queued)
+                    await transport.send_many(items)
+                else:
+                    await transport.send(item)
+            await transport.close(outbox.close_code or close.CLOSED.code, outbox.close_reason)
         except TransportClosed:
             logger.debug("Peer of %s left", self.key)
         finally:
-            outbox.abort(1006, "Connection lost")
+            outbox.abort(*close.LOST)
             outbox.release()
             self.cancel_deadline()
-            self.finished.set()
+            self.finish()
+
+    def finish(self) -> None:
+        """Enter ``FINISHED``: the sender has stopped (or never will run)."""
+        self.phase = max(self.phase, Phase.FINISHED)
+        self.finished.set()
 
     def _closing(self) -> None:
+        """The outbox stopped taking messages: enter ``CLOSING`` and bound the sender's last sends."""
+        if self.phase is not Phase.OPEN:
+            return
+        self.phase = Phase.CLOSING
         self._arm_deadline()
         if self._on_closing is not None:
             self._on_closing(self)
@@ -120,10 +167,10 @@ class Session:
         if self.finished.is_set():
             return
         logger.info("Dropping %s: it did not take its last messages within %s s", self.key, self._close_timeout)
+        if self._transport is not None:
+            self._transport.abort()
         if self.sender is not None:
             self.sender.cancel()
-        if self._on_expired is not None:
-            self._on_expired(self)
 
     def cancel_deadline(self) -> None:
         if self._deadline is not None:
@@ -155,67 +202,3 @@ class Flag:
         if self._event is None:
             self._event = asyncio.Event()
         await self._event.wait()
-
-
-def run_eagerly(coroutine: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
-    """Run ``coroutine`` in the calling task up to its first suspension: ``None`` if it finished, else the rest of it.
-
-    A WebSocket send whose transport is not paused completes without suspending (uvicorn writes the frame and
-    returns), so the calling task sends it without a task switch. What remains after a suspension (or an exception
-    to re-raise) is returned for the connection's sender task to await, which resumes the coroutine where it stopped.
-    """
-    try:
-        suspended_on = coroutine.send(None)
-    except StopIteration:
-        return None
-    except Exception as exc:  # re-raised by the sender task, as if it had sent this itself
-        return _Raise(exc)
-    return _Resume(coroutine, suspended_on)
-
-
-class _Resume:
-    """The rest of a coroutine suspended on ``suspended_on``, awaitable once from another task."""
-
-    __slots__ = ("_coroutine", "_suspended_on")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, None], suspended_on: Any) -> None:
-        self._coroutine = coroutine
-        self._suspended_on = suspended_on
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coroutine, value = self._coroutine, self._suspended_on
-        self._suspended_on = None
-        while True:  # what a ``yield from`` does, starting from a value already yielded
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coroutine.close()
-                raise
-            except BaseException as exc:  # handed to the coroutine (cancellation included)
-                try:
-                    value = coroutine.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    value = coroutine.send(sent)
-                except StopIteration:
-                    return
-
-    def close(self) -> None:
-        """Drop the rest of the send unawaited (the connection ended)."""
-        self._coroutine.close()
-
-
-class _Raise:
-    """An exception raised when awaited."""
-
-    __slots__ = ("_exc",)
-
-    def __init__(self, exc: Exception) -> None:
-        self._exc = exc
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        exc, self._exc = self._exc, None  # type: ignore[assignment]
-        raise exc
-        yield  # makes this a generator

@@ -14,12 +14,10 @@ from collections.abc import Callable
 
 from .._core.schemas import HISTORY_GAP, GapReason, utc_now_iso
 from .._core.streams import Position, Topic
+from . import _close_codes as close
 from ._outbox import Outbox, Outgoing
 
 logger = logging.getLogger(__name__)
-
-CLOSE_COMPLETED = (1000, "Operation completed")
-CLOSE_TOO_SLOW = (1013, "Client too slow")
 
 
 class Subscriber:
@@ -98,7 +96,7 @@ class Subscriber:
             if not await self.outbox.put(item):
                 return False
             if item.terminal:
-                self.outbox.close(*CLOSE_COMPLETED)
+                self.outbox.close(*close.COMPLETED)
         return not self.closed
 
     async def end_catch_up(self) -> bool:
@@ -140,7 +138,7 @@ class Subscriber:
         if not self.outbox.offer(item):
             self._too_slow()
         elif item.terminal:
-            self.outbox.close(*CLOSE_COMPLETED)
+            self.outbox.close(*close.COMPLETED)
 
     def _gap_message(self, resumes_at: str | None) -> Outgoing:
         assert self._gap is not None
@@ -151,4 +149,4 @@ class Subscriber:
 
     def _too_slow(self) -> None:
         logger.info("Closing a %s subscriber of %s: its queue overflowed", self.topic.kind, self.topic.name)
-        self.outbox.abort(*CLOSE_TOO_SLOW)
+        self.outbox.abort(*close.TOO_SLOW)

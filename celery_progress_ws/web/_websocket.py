@@ -9,17 +9,16 @@ from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ._outbox import Outbox
-from ._session import Session, TransportClosed
+from .._core.errors import TransportClosed
+from . import _close_codes as close
+from ._outbox import Outbox, Outgoing
+from ._session import Session
 
 if TYPE_CHECKING:
     from .._core.settings import ProgressSettings
 
-POLICY_VIOLATION = 1008
-MESSAGE_TOO_BIG = 1009
 MAX_REASON_BYTES = 123
 """A close frame's reason must fit in 123 bytes of UTF-8."""
-TOO_MANY_MESSAGES = "Too many messages"
 
 
 def close_reason(text: str) -> str:
@@ -28,18 +27,25 @@ def close_reason(text: str) -> str:
 
 
 class WebSocketTransport:
-    """``Transport`` over a Starlette WebSocket; the peer going away becomes ``TransportClosed``."""
+    """``Transport`` over a Starlette WebSocket, one frame per message; the peer going away becomes
+    ``TransportClosed``."""
 
     __slots__ = ("websocket",)
+
+    max_batch = 1
 
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
 
-    async def send_text(self, text: str) -> None:
+    async def send(self, item: Outgoing) -> None:
         try:
-            await self.websocket.send_text(text)
+            await self.websocket.send_text(item.text)
         except WebSocketDisconnect as exc:
             raise TransportClosed(f"peer left ({exc.code})") from exc
+
+    async def send_many(self, items: list[Outgoing]) -> None:
+        for item in items:
+            await self.send(item)
 
     async def close(self, code: int, reason: str) -> None:
         if self.websocket.application_state is WebSocketState.DISCONNECTED:
@@ -49,8 +55,11 @@ class WebSocketTransport:
         except WebSocketDisconnect as exc:
             raise TransportClosed(f"peer left ({exc.code})") from exc
 
+    def abort(self) -> None:
+        """Nothing to drop here: once the sender is stopped, the route returns and the server closes the socket."""
 
-async def refuse(websocket: WebSocket, reason: str, code: int = POLICY_VIOLATION) -> None:
+
+async def refuse(websocket: WebSocket, reason: str, code: int = close.POLICY_VIOLATION) -> None:
     """Accept, then close with ``code`` and ``reason``: a browser sees the reason, unlike a rejected handshake."""
     with contextlib.suppress(WebSocketDisconnect):
         if websocket.application_state is WebSocketState.CONNECTING:
@@ -110,9 +119,9 @@ async def read_client(websocket: WebSocket, outbox: Outbox, limits: ClientInput)
         text = message.get("text")
         size = len(text.encode()) if text is not None else len(message.get("bytes") or b"")
         if size > limits.max_bytes:
-            outbox.abort(MESSAGE_TOO_BIG, f"Message too big (limit {limits.max_bytes} bytes)")
+            outbox.abort(close.MESSAGE_TOO_BIG, f"Message too big (limit {limits.max_bytes} bytes)")
         elif not rate.take(clock()):
-            outbox.abort(POLICY_VIOLATION, TOO_MANY_MESSAGES)
+            outbox.abort(*close.TOO_MANY_MESSAGES)
 
 
 async def serve(websocket: WebSocket, session: Session, limits: ClientInput) -> None:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 
 from celery_progress_ws._core.codec import parse_stream_id
+from celery_progress_ws._core.errors import TransportClosed
 from celery_progress_ws._core.streams import Topic, TopicKind
 from celery_progress_ws.web._outbox import Outgoing
 from celery_progress_ws.web._registry import ConnectionKey
-from celery_progress_ws.web._session import Session, TransportClosed
+from celery_progress_ws.web._session import Session
 
 TOPIC = Topic(TopicKind.OPERATION, "op-1")
 
 
 class PausableTransport:
     """Sends complete at once unless paused (then they wait, as uvicorn's do for a paused transport)."""
+
+    max_batch = 1
 
     def __init__(self) -> None:
         self.sent: list[str] = []
@@ -23,14 +26,21 @@ class PausableTransport:
         self.writable.set()
         self.gone = False
 
-    async def send_text(self, text: str) -> None:
+    async def send(self, item: Outgoing) -> None:
         await self.writable.wait()
         if self.gone:
             raise TransportClosed("peer left")
-        self.sent.append(text)
+        self.sent.append(item.text)
+
+    async def send_many(self, items: list[Outgoing]) -> None:
+        for item in items:
+            await self.send(item)
 
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
+
+    def abort(self) -> None:
+        self.gone = True
 
 
 def entry(n: int, *, terminal: bool = False) -> Outgoing:
