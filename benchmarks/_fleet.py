@@ -34,7 +34,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from benchmarks._harness import emit, install_watchdog
+from benchmarks._protocol import emit, install_watchdog
 
 CONNECT_CONCURRENCY = 50
 

@@ -23,7 +23,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from benchmarks._harness import cpu_seconds, emit, install_watchdog
+from benchmarks._probes import cpu_seconds
+from benchmarks._protocol import emit, install_watchdog
 
 Publish = Callable[[str, int, int], str]
 """publish(operation_id, seq, total) -> outcome (``sent``, or what ``report_progress`` returned)"""

@@ -29,7 +29,7 @@ from fastapi import FastAPI, WebSocket
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from benchmarks._harness import WS_PATH, install_watchdog
+from benchmarks._protocol import WS_PATH, install_watchdog
 from celery_progress_ws._core.codec import MESSAGE_FIELD
 from celery_progress_ws._core.keys import KeySpace
 

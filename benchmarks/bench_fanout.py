@@ -22,24 +22,10 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from benchmarks._harness import (
-    SERVER_LABELS,
-    CpuMeter,
-    Fleet,
-    LoadGen,
-    Run,
-    Server,
-    bench_run,
-    fmt_ms,
-    load_line,
-    machine_line,
-    median,
-    pick_servers,
-    ratio,
-    reproduce_command,
-    rss_bytes,
-    table,
-)
+from benchmarks._children import SERVER_LABELS, Fleet, LoadGen, Server, pick_servers
+from benchmarks._probes import CpuMeter, rss_bytes
+from benchmarks._report import fmt_ms, load_line, machine_line, median, ratio, reproduce_command, table
+from benchmarks._run import Run, bench_run
 
 
 def parse_args() -> argparse.Namespace:

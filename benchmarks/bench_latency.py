@@ -18,23 +18,10 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from benchmarks._harness import (
-    SERVER_LABELS,
-    CpuMeter,
-    Fleet,
-    LoadGen,
-    Run,
-    Server,
-    bench_run,
-    fmt_ms,
-    load_line,
-    machine_line,
-    median,
-    pick_servers,
-    ratio,
-    reproduce_command,
-    table,
-)
+from benchmarks._children import SERVER_LABELS, Fleet, LoadGen, Server, pick_servers
+from benchmarks._probes import CpuMeter
+from benchmarks._report import fmt_ms, load_line, machine_line, median, ratio, reproduce_command, table
+from benchmarks._run import Run, bench_run
 
 SETTLE_SECONDS = 0.3
 """Pause between the fleet being connected and the first write, so every server has started watching."""

@@ -23,26 +23,10 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from benchmarks._harness import (
-    SERVER_LABELS,
-    CpuMeter,
-    Fleet,
-    LoadGen,
-    Run,
-    Server,
-    bench_run,
-    connection_commands,
-    fmt_ms,
-    load_line,
-    machine_line,
-    median,
-    pick_servers,
-    ratio,
-    redis_connections,
-    reproduce_command,
-    rss_bytes,
-    table,
-)
+from benchmarks._children import SERVER_LABELS, Fleet, LoadGen, Server, pick_servers
+from benchmarks._probes import CpuMeter, connection_commands, redis_connections, rss_bytes
+from benchmarks._report import fmt_ms, load_line, machine_line, median, ratio, reproduce_command, table
+from benchmarks._run import Run, bench_run
 
 IDLE_CPU_NEAR_ZERO = 2.0
 """Percent of one core below which we call an idle process's CPU "near zero"."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -30,13 +29,17 @@ from starlette.background import BackgroundTask
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
-from benchmarks._harness import ROOT, cpu_seconds, delete_prefix, install_watchdog, median
+from benchmarks._children import ROOT
+from benchmarks._probes import cpu_seconds, delete_prefix
+from benchmarks._protocol import install_watchdog
+from benchmarks._report import median
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws._core.streams import Topic, TopicKind
 from celery_progress_ws.web import ProgressManager, create_progress_router
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web._session import Session
-from devtools.servers import free_port, resolve_redis
+from devtools.processes import OwnedProcess, free_port, stop_all
+from devtools.servers import resolve_redis
 
 VARIANTS = ("ours", "sse-starlette", "sse-starlette, our frames")
 EVENTS_PATH = "/operations/{operation_id}/events"
@@ -155,12 +158,14 @@ def compare(args: argparse.Namespace) -> None:
     redis_url, private = resolve_redis()
     prefix = f"bench:sse-{uuid.uuid4().hex[:8]}:"
     env = {**os.environ, "CELERY_PROGRESS_WS_REDIS_URL": redis_url, "CELERY_PROGRESS_WS_KEY_PREFIX": prefix}
-    servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+    servers: dict[str, tuple[int, OwnedProcess]] = {}
     try:
         for variant in VARIANTS:
             port = free_port()
             command = [sys.executable, "-m", "benchmarks.bench_sse", "--serve", variant, "--port", str(port)]
-            servers[variant] = (port, subprocess.Popen(command, env=env, cwd=ROOT))
+            servers[variant] = (port, OwnedProcess(command, env=env, cwd=ROOT))
+        for port, process in servers.values():
+            process.wait_for_port(port)
         results = asyncio.run(measure(args, servers, redis_url, prefix))
         print(f"{args.clients} clients x {args.entries} entries, median of {args.rounds} rounds")
         print(f"{'variant':<28}{'delivery s':>12}{'server CPU s':>14}{'CPU us/message':>16}")
@@ -169,19 +174,15 @@ def compare(args: argparse.Namespace) -> None:
             per_message = cpu / (args.clients * args.entries) * 1e6
             print(f"{variant:<28}{delivery:>12.3f}{cpu:>14.3f}{per_message:>16.2f}")
     finally:
-        for _, process in servers.values():
-            process.terminate()
-            process.wait(15)
+        stop_all([process for _, process in servers.values()], 15)
         delete_prefix(redis_url, prefix)
         if private is not None:
             private.stop()
 
 
 async def measure(
-    args: argparse.Namespace, servers: dict[str, tuple[int, subprocess.Popen[bytes]]], redis_url: str, prefix: str
+    args: argparse.Namespace, servers: dict[str, tuple[int, OwnedProcess]], redis_url: str, prefix: str
 ) -> dict[str, list[list[float]]]:
-    for port, _ in servers.values():
-        await wait_listening(port)
     client = Redis.from_url(redis_url)
     try:
         publisher = AsyncProgressPublisher(client, ProgressSettings(redis_url=redis_url, key_prefix=prefix))
@@ -192,18 +193,6 @@ async def measure(
         return results
     finally:
         await client.aclose()
-
-
-async def wait_listening(port: int) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.1)
-            else:
-                writer.close()
-                return
 
 
 def main() -> None:

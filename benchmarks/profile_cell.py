@@ -10,8 +10,6 @@ the functions with the most samples (inclusive, then self). Needs py-spy (``pip 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import re
 import shutil
 import subprocess
@@ -20,7 +18,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks._harness import SERVER_KINDS, CpuMeter, bench_run, fmt_ms, table
+from benchmarks._children import SERVER_KINDS
+from benchmarks._probes import CpuMeter
+from benchmarks._report import fmt_ms, table
+from benchmarks._run import bench_run
+from devtools.processes import OwnedProcess
 
 FRAME_LINE = re.compile(r":\d+\)")
 
@@ -72,7 +74,7 @@ def main() -> None:
         raw = Path(tempfile.mkdtemp(prefix="cpws-profile-")) / "stacks.txt"
         command = [args.py_spy, "record", "--pid", str(server.pid), "--duration", str(int(args.duration))]
         command += ["--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking"]
-        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        spy = OwnedProcess(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)
             meter = CpuMeter(server.pid).start()
@@ -80,12 +82,9 @@ def main() -> None:
             done = loadgen.finish(args.duration)
             result = fleet.collect({op: done["published"][op]}, 10)
             (server_cpu,) = meter.stop()
-            spy.wait(args.duration + 30)
+            spy.wait_exit(args.duration + 30)
         finally:
-            if spy.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(spy.pid, 9)
-                spy.wait()
+            spy.stop(5)
             fleet.close_all()
     print(
         f"\n{args.server}, {args.subscribers} subscribers, {args.rate:g} entries/s: p50 {fmt_ms(result['p50_ms'])} "

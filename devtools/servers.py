@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
+
+from devtools.processes import OwnedProcess, free_port
+
+__all__ = ["PrivateRedis", "forget_celery_queue", "free_port", "redis_answers", "resolve_redis", "server_binary"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -24,13 +26,6 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
             return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_binary() -> str:
@@ -58,7 +53,7 @@ class PrivateRedis:
         self.appendonly = appendonly
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.mkdtemp(prefix="cpws-redis-")
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: OwnedProcess | None = None
 
     @property
     def pid(self) -> int | None:
@@ -66,39 +61,16 @@ class PrivateRedis:
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server (again, on the same port) and wait until it answers."""
-        command = [
-            server_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--dir",
-            self._dir,
-            "--daemonize",
-            "no",
-        ]
-        log = open(Path(self._dir) / "server.log", "ab")  # noqa: SIM115 - owned by the process
-        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while not redis_answers(self.url, 0.2):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"private Redis on port {self.port} did not start")
-            time.sleep(0.02)
+        appendonly = "yes" if self.appendonly else "no"
+        command = [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", appendonly, "--dir", self._dir, "--daemonize", "no"]
+        self._process = OwnedProcess(command, log=Path(self._dir) / "server.log")
+        self._process.wait_until(lambda: redis_answers(self.url, 0.2), timeout, f"private Redis on port {self.port}")
 
     def stop(self) -> None:
         """Stop this server only, by its pid, and wait for it to exit."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            self._process.stop(10)
         self._process = None
 
     def restart(self) -> None:

@@ -11,16 +11,15 @@ import http.client
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws._cli.watch import EXIT_INTERRUPTED
 from celery_progress_ws._cli.watch_cli import main as watch_main
 from celery_progress_ws.web import uvicorn_options
-from devtools.servers import PrivateRedis, forget_celery_queue, free_port, resolve_redis
+from devtools.processes import OwnedProcess, free_port, http_ok, stop_all, wait_until
+from devtools.servers import PrivateRedis, forget_celery_queue, resolve_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".demo-logs"
@@ -36,7 +35,7 @@ class Demo:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[OwnedProcess] = []
         self.redis: PrivateRedis | None = None
         self.env = dict(os.environ)
 
@@ -76,30 +75,12 @@ class Demo:
         print(f"Web app: http://127.0.0.1:{self.port}/   (logs in {LOGS})")
 
     def _spawn(self, name: str, *args: str) -> None:
-        log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - the child process owns it
-        process = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-        self.processes.append(process)
+        log = LOGS / f"{name}.log"
+        log.write_bytes(b"")  # each run's log starts empty
+        self.processes.append(OwnedProcess([sys.executable, *args], cwd=ROOT, env=self.env, log=log))
 
     def _wait_for_web(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(process.poll() is not None for process in self.processes):
-                raise RuntimeError(f"a demo process exited early; see {LOGS}")
-            try:
-                self._request("GET", "/openapi.json")
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"the web app did not answer within {timeout:.0f} s; see {LOGS / 'web.log'}")
+        wait_until(lambda: http_ok(self.port, "/openapi.json"), timeout=timeout, watching=self.processes, what="demo")
 
     def _request(self, method: str, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -132,15 +113,7 @@ class Demo:
         return watch_main(argv)
 
     def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_all(self.processes, 15)
         self.processes.clear()
         if "DEMO_QUEUE" in self.env:
             forget_celery_queue(self.env["CELERY_PROGRESS_WS_REDIS_URL"], self.env["DEMO_QUEUE"])

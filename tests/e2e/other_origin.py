@@ -7,7 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from devtools.servers import free_port
+from devtools.processes import free_port
 
 ATTACK_PAGE = b"""<!doctype html>
 <meta charset="utf-8">

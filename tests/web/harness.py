@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from websockets.asyncio.client import ClientConnection
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web import ProgressManager
-from devtools.servers import free_port
+from devtools.processes import OwnedProcess, free_port
 
 T = TypeVar("T")
 HERE = Path(__file__).parent
@@ -96,7 +95,12 @@ class ProcessServer:
         }
         command = [sys.executable, "-m", "uvicorn", "serverapp:create_app", "--factory", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--log-level", "warning"]
-        self.process = subprocess.Popen(command, env=env, cwd=HERE, stdin=subprocess.DEVNULL, stderr=stderr)
+        self.owned = OwnedProcess(command, env=env, cwd=HERE, stderr=stderr)
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The uvicorn process itself, for tests that signal, kill or wait for it directly."""
+        return self.owned.popen
 
     @property
     def http(self) -> str:
@@ -107,26 +111,10 @@ class ProcessServer:
         return f"ws://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError("uvicorn subprocess exited")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("uvicorn subprocess did not listen") from None
-                time.sleep(0.05)
+        self.owned.wait_for_port(self.port, timeout)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.owned.stop(15)
 
 
 def ws_url(server: ThreadServer | ProcessServer, operation_id: str, user: str = "alice", **query: str) -> str:

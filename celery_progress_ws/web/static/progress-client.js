@@ -22,14 +22,18 @@
  * @module celery-progress-ws/client
  */
 
+// Close codes and HTTP statuses the client acts on; the server side is in celery_progress_ws/web.
+const NORMAL_CLOSURE = 1000; // with COMPLETED_CLOSE_REASON: the operation finished
+const POLICY_VIOLATION = 1008; // refused (not authorized, over a limit...): reconnecting would not help
+const HTTP_NO_CONTENT = 204; // an SSE resume after the operation's last entry: nothing more will come
+const HTTP_REQUEST_TIMEOUT = 408; // the one 4xx that does not refuse the subscription
+
 /** Statuses after which an operation delivers nothing more. */
 export const TERMINAL_STATUSES = Object.freeze(["completed", "failed", "cancelled"]);
 
 /** Close reason the server sends with code 1000 after delivering a terminal status. */
 export const COMPLETED_CLOSE_REASON = "Operation completed";
 
-const NORMAL_CLOSURE = 1000;
-const POLICY_VIOLATION = 1008;
 const ID_PATTERN = /^(\d+)-(\d+)$/;
 
 /** @type {Readonly<import("./progress-client").SubscribeOptions>} */
@@ -72,27 +76,7 @@ export function compareEventIds(a, b) {
  * @returns {import("./progress-client").Subscription}
  */
 export function subscribe(operationId, options = {}) {
-  if (typeof operationId !== "string" || operationId === "") {
-    throw new TypeError("operationId must be a non-empty string");
-  }
-  /** @type {import("./progress-client").SubscribeOptions & typeof DEFAULTS} */
-  const config = { ...DEFAULTS, ...definedOnly(options) };
-  if (!["auto", "websocket", "sse"].includes(config.transport)) {
-    throw new TypeError(`transport must be "auto", "websocket" or "sse", not ${JSON.stringify(config.transport)}`);
-  }
-  if (config.lastEventId !== null && parseEventId(config.lastEventId) === null) {
-    throw new TypeError(`lastEventId is not a stream id: ${JSON.stringify(config.lastEventId)}`);
-  }
-  const WebSocketImpl = config.WebSocket ?? globalThis.WebSocket;
-  const fetchImpl = config.fetch ?? (typeof globalThis.fetch === "function" ? globalThis.fetch.bind(globalThis) : null);
-  const canWebSocket = typeof WebSocketImpl === "function";
-  const canSse = typeof fetchImpl === "function";
-  if ((config.transport === "websocket" && !canWebSocket) || (config.transport === "sse" && !canSse)) {
-    throw new TypeError(`transport "${config.transport}" is not available in this environment`);
-  }
-  if (!canWebSocket && !canSse) {
-    throw new TypeError("neither WebSocket nor fetch is available in this environment");
-  }
+  const config = resolveConfig(operationId, options);
   const base = resolveBaseUrl(config.baseUrl);
   const operationPath = `${base.pathname.replace(/\/+$/, "")}/operations/${encodeURIComponent(operationId)}`;
 
@@ -101,7 +85,7 @@ export function subscribe(operationId, options = {}) {
   let closed = false;
   let activeTransport = null;
   let failures = 0;
-  let preferSse = config.transport === "sse" || !canWebSocket;
+  let preferSse = config.transport === "sse" || !config.canWebSocket;
   let retryTimer = null;
   let connection = null;
   let resolveDone;
@@ -121,10 +105,10 @@ export function subscribe(operationId, options = {}) {
     }
   }
 
-  function url(suffix, scheme) {
+  function url(kind) {
     const target = new URL(base.href);
-    target.pathname = operationPath + suffix;
-    if (scheme === "ws") {
+    target.pathname = operationPath + TRANSPORTS[kind].path;
+    if (kind === "websocket") {
       target.protocol = target.protocol === "https:" ? "wss:" : "ws:";
     }
     for (const [name, value] of Object.entries(config.params)) {
@@ -197,19 +181,25 @@ export function subscribe(operationId, options = {}) {
 
   function connect() {
     retryTimer = null;
-    if (closed) {
-      return;
-    }
-    if (preferSse) {
-      openSse(false);
-    } else {
-      openWebSocket();
+    if (!closed) {
+      open(preferSse ? "sse" : "websocket", false);
     }
   }
 
-  function opened(transport) {
-    activeTransport = transport;
-    emit("onOpen", { transport, lastEventId });
+  /** Open one connection; `fallback` marks SSE opened because WebSocket could not connect. */
+  function open(kind, fallback) {
+    const attempt = connectOnce(kind, { url: url(kind), lastEventId }, config, {
+      opened() {
+        activeTransport = kind;
+        emit("onOpen", { transport: kind, lastEventId });
+      },
+      deliver,
+      report: (message) => emit("onError", problem(kind, message, null)),
+      ended: (outcome) => dropped({ ...outcome, fallback }),
+    });
+    if (!attempt.ended) {
+      connection = attempt; // one that ended at once has been replaced already (by a fallback or a retry)
+    }
   }
 
   /** Handle the end of a connection that did not end the subscription. */
@@ -227,15 +217,15 @@ export function subscribe(operationId, options = {}) {
       finish({ reason: "finished", code: outcome.code ?? null, message: outcome.message });
       return;
     }
-    if (outcome.transport === "websocket" && !outcome.opened && config.transport === "auto" && canSse) {
+    if (outcome.transport === "websocket" && !outcome.opened && config.transport === "auto" && config.canSse) {
       emit("onError", problem("websocket", `${outcome.message}; trying Server-Sent Events`, 0, outcome));
-      openSse(true);
+      open("sse", true);
       return;
     }
     if (outcome.transport === "sse" && outcome.opened && outcome.fallback) {
       preferSse = true; // WebSocket could not connect but SSE works: keep using SSE
     } else if (config.transport === "auto" && outcome.fallback) {
-      preferSse = !canWebSocket; // both failed: try WebSocket first again next time
+      preferSse = !config.canWebSocket; // both failed: try WebSocket first again next time
     }
     if (outcome.delivered) {
       failures = 0;
@@ -249,173 +239,6 @@ export function subscribe(operationId, options = {}) {
     failures += 1;
     emit("onError", problem(outcome.transport, outcome.message, delay, outcome));
     retryTimer = setTimeout(connect, delay);
-  }
-
-  function openWebSocket() {
-    let socket;
-    let isOpen = false;
-    let delivered = false;
-    let settled = false;
-    let connectTimer = null;
-    const settle = (outcome) => {
-      if (settled) {
-        return;
-      }
-      settled = true;
-      clearTimeout(connectTimer);
-      dropped({ transport: "websocket", opened: isOpen, delivered, ...outcome });
-    };
-    try {
-      socket = new WebSocketImpl(url("/ws", "ws"));
-    } catch (error) {
-      settle({ message: `WebSocket could not be created: ${describe(error)}`, cause: error });
-      return;
-    }
-    connection = {
-      close() {
-        settled = true;
-        clearTimeout(connectTimer);
-        closeQuietly(socket);
-      },
-    };
-    connectTimer = setTimeout(() => {
-      closeQuietly(socket);
-      settle({ message: `WebSocket did not open within ${config.connectTimeoutMs} ms` });
-    }, config.connectTimeoutMs);
-    socket.onopen = () => {
-      if (settled) {
-        return;
-      }
-      isOpen = true;
-      clearTimeout(connectTimer);
-      opened("websocket");
-    };
-    socket.onmessage = (event) => {
-      if (settled) {
-        return;
-      }
-      let message;
-      try {
-        message = JSON.parse(typeof event.data === "string" ? event.data : "");
-      } catch (error) {
-        emit("onError", problem("websocket", `received a message that is not JSON: ${describe(error)}`, null));
-        return;
-      }
-      delivered = true;
-      deliver(message);
-    };
-    socket.onerror = () => {
-      // Browsers follow an error with a close event; some runtimes do not after a failed handshake.
-      const wait = isOpen ? 1000 : 0;
-      setTimeout(() => {
-        closeQuietly(socket);
-        settle({ message: isOpen ? "WebSocket error" : "WebSocket could not connect" });
-      }, wait);
-    };
-    socket.onclose = (event) => {
-      const code = event.code;
-      const reason = event.reason || "";
-      if (code === POLICY_VIOLATION) {
-        settle({ refused: true, code, message: reason || "Refused by the server" });
-      } else if (code === NORMAL_CLOSURE && reason === COMPLETED_CLOSE_REASON) {
-        settle({ completed: true, code, message: reason });
-      } else {
-        settle({ code, message: `WebSocket closed (${code}${reason ? ` ${reason}` : ""})` });
-      }
-    };
-  }
-
-  function openSse(fallback) {
-    const controller = new AbortController();
-    let isOpen = false;
-    let delivered = false;
-    let settled = false;
-    let timer = null;
-    const settle = (outcome) => {
-      if (settled) {
-        return;
-      }
-      settled = true;
-      clearTimeout(timer);
-      controller.abort();
-      dropped({ transport: "sse", opened: isOpen, delivered, fallback, ...outcome });
-    };
-    const arm = (ms, message) => {
-      clearTimeout(timer);
-      if (ms > 0) {
-        timer = setTimeout(() => settle({ message }), ms);
-      }
-    };
-    connection = {
-      close() {
-        settled = true;
-        clearTimeout(timer);
-        controller.abort();
-      },
-    };
-    arm(config.connectTimeoutMs, `SSE did not answer within ${config.connectTimeoutMs} ms`);
-    const parser = createEventStreamParser((data) => {
-      if (settled) {
-        return;
-      }
-      let message;
-      try {
-        message = JSON.parse(data);
-      } catch (error) {
-        emit("onError", problem("sse", `received data that is not JSON: ${describe(error)}`, null));
-        return;
-      }
-      delivered = true;
-      deliver(message);
-    });
-    const read = async () => {
-      const target = url("/events", "http");
-      const headers = { Accept: "text/event-stream", ...config.headers };
-      if (lastEventId !== null && isSameOrigin(target)) {
-        headers["Last-Event-ID"] = lastEventId; // also in the query; a cross-origin header would need a preflight
-      }
-      const response = await fetchImpl(target, {
-        headers,
-        credentials: config.credentials,
-        cache: "no-store",
-        signal: controller.signal,
-      });
-      if (settled) {
-        return;
-      }
-      if (response.status === 204) {
-        settle({ completed: true, code: 204, message: COMPLETED_CLOSE_REASON }); // nothing more will come
-        return;
-      }
-      if (!response.ok) {
-        const detail = await responseDetail(response);
-        const refused = response.status >= 400 && response.status < 500 && response.status !== 408;
-        settle({ refused, code: response.status, message: detail || `HTTP ${response.status}` });
-        return;
-      }
-      if (!response.body || typeof response.body.getReader !== "function") {
-        settle({ message: "this environment cannot stream a fetch response" });
-        return;
-      }
-      isOpen = true;
-      opened("sse");
-      arm(config.sseIdleTimeoutMs, `SSE received nothing for ${config.sseIdleTimeoutMs} ms`);
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder();
-      for (;;) {
-        const { value, done: ended } = await reader.read();
-        if (settled) {
-          return;
-        }
-        if (ended) {
-          break;
-        }
-        arm(config.sseIdleTimeoutMs, `SSE received nothing for ${config.sseIdleTimeoutMs} ms`);
-        parser(decoder.decode(value, { stream: true }));
-      }
-      settle({ message: "SSE stream ended" });
-    };
-    read().catch((error) => settle({ message: `SSE connection failed: ${describe(error)}`, cause: error }));
   }
 
   connect();
@@ -436,6 +259,232 @@ export function subscribe(operationId, options = {}) {
     done,
     close() {
       finish({ reason: "closed" });
+    },
+  };
+}
+
+/** The options with their defaults, checked, and the WebSocket / fetch implementations to use. */
+function resolveConfig(operationId, options) {
+  if (typeof operationId !== "string" || operationId === "") {
+    throw new TypeError("operationId must be a non-empty string");
+  }
+  const config = { ...DEFAULTS, ...definedOnly(options) };
+  if (!["auto", "websocket", "sse"].includes(config.transport)) {
+    throw new TypeError(`transport must be "auto", "websocket" or "sse", not ${JSON.stringify(config.transport)}`);
+  }
+  if (config.lastEventId !== null && parseEventId(config.lastEventId) === null) {
+    throw new TypeError(`lastEventId is not a stream id: ${JSON.stringify(config.lastEventId)}`);
+  }
+  const WebSocketImpl = config.WebSocket ?? globalThis.WebSocket;
+  const fetchImpl = config.fetch ?? (typeof globalThis.fetch === "function" ? globalThis.fetch.bind(globalThis) : null);
+  const canWebSocket = typeof WebSocketImpl === "function";
+  const canSse = typeof fetchImpl === "function";
+  if ((config.transport === "websocket" && !canWebSocket) || (config.transport === "sse" && !canSse)) {
+    throw new TypeError(`transport "${config.transport}" is not available in this environment`);
+  }
+  if (!canWebSocket && !canSse) {
+    throw new TypeError("neither WebSocket nor fetch is available in this environment");
+  }
+  return { ...config, WebSocket: WebSocketImpl, fetch: fetchImpl, canWebSocket, canSse };
+}
+
+/**
+ * One connection over one transport, up to its end: what both transports share. It times out an opening (and, for
+ * SSE, a silence), parses each message as JSON and reports how the connection ended, once, unless it was closed.
+ *
+ * `handlers`: `opened()`, `deliver(message)`, `report(problem)` for a message that is not JSON, and
+ * `ended(outcome)` with `{ transport, opened, delivered, code?, message, refused?, completed?, cause? }`.
+ *
+ * @returns {{ close(): void, readonly ended: boolean }}
+ */
+function connectOnce(kind, target, config, handlers) {
+  const { open, opening, notJson, idleOption, silent } = TRANSPORTS[kind];
+  const idleMs = idleOption === null ? 0 : config[idleOption];
+  let transport = null;
+  let isOpen = false;
+  let delivered = false;
+  let settled = false;
+  let timer = null;
+  const arm = (ms, message) => {
+    clearTimeout(timer);
+    if (ms > 0 && !settled) {
+      timer = setTimeout(() => settle({ message }), ms);
+    }
+  };
+  const stop = () => {
+    settled = true;
+    clearTimeout(timer);
+    transport?.close();
+  };
+  const settle = (outcome) => {
+    if (!settled) {
+      stop();
+      handlers.ended({ transport: kind, opened: isOpen, delivered, ...outcome });
+    }
+  };
+  const idle = () => arm(idleMs, `${silent} for ${idleMs} ms`);
+  arm(config.connectTimeoutMs, `${opening} within ${config.connectTimeoutMs} ms`);
+  transport = open(target, config, {
+    onOpen() {
+      if (!settled) {
+        isOpen = true;
+        idle();
+        handlers.opened();
+      }
+    },
+    onActivity() {
+      if (isOpen) {
+        idle();
+      }
+    },
+    onMessage(text) {
+      if (settled) {
+        return;
+      }
+      let message;
+      try {
+        message = JSON.parse(text);
+      } catch (error) {
+        handlers.report(`received ${notJson} that is not JSON: ${describe(error)}`);
+        return;
+      }
+      delivered = true;
+      handlers.deliver(message);
+    },
+    onError: (message, cause) => settle({ message, cause }),
+    onClose: (ending) => settle(ending),
+  });
+  if (settled) {
+    transport.close(); // it failed while it was being created
+  }
+  return {
+    close: stop,
+    get ended() {
+      return settled;
+    },
+  };
+}
+
+/**
+ * The transports, each `open(target, config, events) -> { close() }` with `target = { url, lastEventId }`, and what
+ * `connectOnce` says about them. A transport calls `events.onOpen()` once connected, `events.onMessage(text)` per
+ * message and `events.onActivity()` when bytes arrive (heartbeats included: it restarts an idle timeout), and ends
+ * with one `events.onError(message, cause?)` (it failed) or `events.onClose({ code, message, refused?, completed? })`
+ * (the server ended it); `close()` ends it quietly.
+ */
+const TRANSPORTS = Object.freeze({
+  websocket: {
+    open: openWebSocket,
+    path: "/ws",
+    opening: "WebSocket did not open",
+    notJson: "a message",
+    idleOption: null,
+    silent: "",
+  },
+  sse: {
+    open: openEventStream,
+    path: "/events",
+    opening: "SSE did not answer",
+    notJson: "data",
+    idleOption: "sseIdleTimeoutMs",
+    silent: "SSE received nothing",
+  },
+});
+
+function openWebSocket(target, config, events) {
+  let socket;
+  let isOpen = false;
+  try {
+    socket = new config.WebSocket(target.url);
+  } catch (error) {
+    events.onError(`WebSocket could not be created: ${describe(error)}`, error);
+    return { close() {} };
+  }
+  socket.onopen = () => {
+    isOpen = true;
+    events.onOpen();
+  };
+  socket.onmessage = (event) => {
+    events.onMessage(typeof event.data === "string" ? event.data : "");
+  };
+  socket.onerror = () => {
+    // Browsers follow an error with a close event; some runtimes do not after a failed handshake.
+    setTimeout(
+      () => {
+        closeQuietly(socket);
+        events.onError(isOpen ? "WebSocket error" : "WebSocket could not connect");
+      },
+      isOpen ? 1000 : 0,
+    );
+  };
+  socket.onclose = (event) => {
+    const code = event.code;
+    const reason = event.reason || "";
+    if (code === POLICY_VIOLATION) {
+      events.onClose({ refused: true, code, message: reason || "Refused by the server" });
+    } else if (code === NORMAL_CLOSURE && reason === COMPLETED_CLOSE_REASON) {
+      events.onClose({ completed: true, code, message: reason });
+    } else {
+      events.onClose({ code, message: `WebSocket closed (${code}${reason ? ` ${reason}` : ""})` });
+    }
+  };
+  return { close: () => closeQuietly(socket) };
+}
+
+function openEventStream(target, config, events) {
+  const controller = new AbortController();
+  let closed = false;
+  const parser = createEventStreamParser((data) => events.onMessage(data));
+  const read = async () => {
+    const headers = { Accept: "text/event-stream", ...config.headers };
+    if (target.lastEventId !== null && isSameOrigin(target.url)) {
+      headers["Last-Event-ID"] = target.lastEventId; // also in the query; a cross-origin header needs a preflight
+    }
+    const fetchImpl = config.fetch; // called unbound, as a plain function
+    const response = await fetchImpl(target.url, {
+      headers,
+      credentials: config.credentials,
+      cache: "no-store",
+      signal: controller.signal,
+    });
+    if (closed) {
+      return;
+    }
+    if (response.status === HTTP_NO_CONTENT) {
+      events.onClose({ completed: true, code: response.status, message: COMPLETED_CLOSE_REASON });
+      return;
+    }
+    if (!response.ok) {
+      const detail = await responseDetail(response);
+      const refused = response.status >= 400 && response.status < 500 && response.status !== HTTP_REQUEST_TIMEOUT;
+      events.onClose({ refused, code: response.status, message: detail || `HTTP ${response.status}` });
+      return;
+    }
+    if (!response.body || typeof response.body.getReader !== "function") {
+      events.onError("this environment cannot stream a fetch response");
+      return;
+    }
+    events.onOpen();
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (closed) {
+        return;
+      }
+      if (done) {
+        break;
+      }
+      events.onActivity();
+      parser(decoder.decode(value, { stream: true }));
+    }
+    events.onClose({ message: "SSE stream ended" });
+  };
+  read().catch((error) => events.onError(`SSE connection failed: ${describe(error)}`, error));
+  return {
+    close() {
+      closed = true;
+      controller.abort();
     },
   };
 }
