@@ -121,8 +121,8 @@ class PrivateSentinelSet:
         return next(index for index, node in enumerate(self.data_nodes) if node.port == port)
 
     def settled(self) -> bool:
-        """Whether every live sentinel names one live master that is writable, which every live replica follows and
-        every sentinel sees healthy with all live replicas and all other live sentinels."""
+        """Whether every live sentinel names one live writable master that every live replica follows, and sees that
+        master up, every live replica reachable and every other live sentinel."""
         live_sentinels = [sentinel for sentinel in self.sentinels if sentinel.alive]
         ports = {self.master_address(index)[1] for index, sentinel in enumerate(self.sentinels) if sentinel.alive}
         if len(ports) != 1:
@@ -139,10 +139,11 @@ class PrivateSentinelSet:
         for sentinel in live_sentinels:
             with sentinel.client() as client:
                 state = client.sentinel_master(self.service_name)
+                # Reachability only: sentinels refresh a replica's replication details every 10 s, too slow to await.
                 healthy = {
                     entry["port"]
                     for entry in client.sentinel_slaves(self.service_name)
-                    if not entry["is_sdown"] and entry.get("master-link-status") == "ok"
+                    if not entry["is_sdown"] and not entry["is_disconnected"]
                 }
             if state["is_sdown"] or state["is_odown"] or state.get("num-other-sentinels") != len(live_sentinels) - 1:
                 return False
