@@ -13,6 +13,8 @@ from celery import Celery
 from worker_tasks import create_app, threads_worker
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, set_default_publisher
+from devtools.cluster import PrivateCluster
+from devtools.sentinel import PrivateSentinelSet
 from devtools.servers import PrivateRedis, resolve_redis
 
 
@@ -135,3 +137,36 @@ def progress_worker(redis_url: str, broker_namespace: str, module_settings: Prog
     app = create_app(redis_url, broker_namespace, f"{broker_namespace}-{uuid.uuid4().hex[:6]}", module_settings)
     with threads_worker(app):
         yield app
+
+
+# -- Private Redis Cluster and Sentinel sets (embedded valkey-server processes, stopped by pid) ---------------------
+# Forming either takes about 2-3 s, so each test module gets one; the function-scoped fixtures restart whatever a
+# previous test of the module stopped and wait until the topology has settled again.
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_module() -> Iterator[PrivateCluster]:
+    """A private cluster of 3 primaries and 3 replicas for one test module, node timeout 1 s."""
+    with PrivateCluster(primaries=3, replicas=1, node_timeout_ms=1000) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_module: PrivateCluster) -> PrivateCluster:
+    """The module's private cluster with every node running and every node agreeing on the topology."""
+    redis_cluster_module.heal()
+    return redis_cluster_module
+
+
+@pytest.fixture(scope="module")
+def sentinel_set_module() -> Iterator[PrivateSentinelSet]:
+    """A private master, 2 replicas and 3 sentinels (quorum 2, down after 1 s) for one test module."""
+    with PrivateSentinelSet(replicas=2, sentinels=3, down_after_ms=1000) as sentinels:
+        yield sentinels
+
+
+@pytest.fixture
+def sentinel_set(sentinel_set_module: PrivateSentinelSet) -> PrivateSentinelSet:
+    """The module's private sentinel set with every process running, one agreed master and every replica following."""
+    sentinel_set_module.heal()
+    return sentinel_set_module
