@@ -6,7 +6,6 @@ comes back is the same address its peers and clients already know.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import redis
 
+from devtools.processes import OwnedProcess, StartError
 from devtools.servers import free_port, redis_answers, server_binary
 
 
@@ -57,7 +57,7 @@ class ServerProcess:
         self.port = port
         self.directory = directory
         self.arguments = list(arguments)
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: OwnedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -69,7 +69,7 @@ class ServerProcess:
 
     @property
     def alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._process is not None and not self._process.exited()
 
     def start(self, extra_arguments: Sequence[str] = (), timeout: float = 15.0) -> None:
         """Start the server (again, on the same port) and wait until it answers PING."""
@@ -78,32 +78,24 @@ class ServerProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [server_binary(), *self.arguments, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--dir", str(self.directory), "--daemonize", "no", *extra_arguments]
-        with open(self.directory / "server.log", "ab") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not redis_answers(self.url, 0.2):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise ServerStartError(f"valkey-server on port {self.port} did not start:\n{self.log_tail()}")
-            time.sleep(0.02)
+        self._process = OwnedProcess(command, log=self.directory / "server.log")
+        try:
+            self._process.wait_until(lambda: redis_answers(self.url, 0.2), timeout, f"valkey-server on {self.port}")
+        except StartError as exc:
+            self.stop()
+            raise ServerStartError(f"valkey-server on port {self.port} did not start:\n{self.log_tail()}") from exc
 
     def kill(self) -> None:
         """SIGKILL this server (a crash: nothing is flushed or announced) and reap it."""
         if self._process is not None:
-            if self._process.poll() is None:
-                self._process.kill()
-            self._process.wait()
+            self._process.kill()
         self._process = None
 
     def stop(self) -> None:
         """Stop this server by its pid (SIGTERM, then SIGKILL if it lingers) and reap it."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-        self.kill()
+        if self._process is not None:
+            self._process.stop()
+        self._process = None
 
     def client(self, timeout: float = 2.0) -> redis.Redis:
         """A plain client of this one node that decodes responses; the caller closes it."""
