@@ -68,13 +68,7 @@ def test_put_back_into_a_full_buffer_keeps_the_bound() -> None:
     assert drain(buffer) == ["first", "t"]
 
 
-def test_clear_and_capacity() -> None:
-    """clear() forgets items and the drop count; a capacity below 1 is refused."""
-    buffer: EntryBuffer[str] = EntryBuffer(1)
-    buffer.append("a", Rank.EVENT)
-    buffer.append("b", Rank.EVENT)
-    buffer.clear()
-    assert len(buffer) == 0
-    assert buffer.dropped == 0
+def test_a_capacity_below_one_is_refused() -> None:
+    """A buffer must hold at least one entry."""
     with pytest.raises(ValueError, match="capacity"):
         EntryBuffer(0)

@@ -80,20 +80,13 @@ class OperationAppender:
 
     __slots__ = ("_live", "_maxlen", "_stream")
 
-    def __init__(self, keys: KeySpace, operation_id: str, *, maxlen: int, announce: bool = True) -> None:
+    def __init__(self, keys: KeySpace, operation_id: str, *, maxlen: int) -> None:
         self._stream = keys.stream(operation_id)
-        self._live = keys.live(operation_id) if announce else ""
+        self._live = keys.live(operation_id)
         self._maxlen = maxlen
 
     def __call__(self, message: str, *, ttl: int) -> AppendCall:
         return AppendCall([self._stream], [self._maxlen, message, ttl, self._live])
-
-
-def operation_append(
-    keys: KeySpace, operation_id: str, message: str, *, ttl: int, maxlen: int, announce: bool = True
-) -> AppendCall:
-    """The call that appends ``message`` to an operation's stream and announces it live."""
-    return OperationAppender(keys, operation_id, maxlen=maxlen, announce=announce)(message, ttl=ttl)
 
 
 def channel_append(keys: KeySpace, channel: str, message: str, *, ttl: int, maxlen: int) -> AppendCall:

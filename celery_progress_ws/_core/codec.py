@@ -12,7 +12,7 @@ from .keys import ENTRY_TYPE_RULE, is_valid_entry_type
 from .schemas import utc_now_iso
 
 MESSAGE_FIELD = "message"
-"""The stream field that holds an entry's JSON (the seed's field name)."""
+"""The stream field that holds an entry's JSON."""
 
 LIVE_SEPARATOR = " "
 """Separates the stream id from the entry JSON in a live pub/sub announcement."""

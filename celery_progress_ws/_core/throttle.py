@@ -25,7 +25,7 @@ class Decision(Enum):
     PUBLISH = "publish"
     """Publish the value now."""
     SCHEDULE = "schedule"
-    """The value was kept as pending; schedule ``take_due`` at ``due_at(key)``."""
+    """The value was kept as pending; schedule ``take_due`` for when ``next_due()`` says."""
     KEPT = "kept"
     """The value replaced an already scheduled pending value; nothing else to do."""
 
@@ -89,13 +89,6 @@ class Throttle(Generic[T]):
             return False
         slot.pending = value
         return True
-
-    def due_at(self, key: str) -> float | None:
-        """When the pending value of ``key`` should be published (clock time), or ``None`` if there is none."""
-        slot = self._slots.get(key)
-        if slot is None or slot.pending is None:
-            return None
-        return slot.last_sent + self.interval
 
     def take_pending(self, key: str) -> T | None:
         """Remove and return the pending value of ``key``, counting it as published now."""

@@ -65,10 +65,5 @@ class EntryBuffer(Generic[T]):
         self.dropped += 1
         return True
 
-    def clear(self) -> None:
-        """Forget every buffered item (used in a forked child, whose parent owns them)."""
-        self._items.clear()
-        self.dropped = 0
-
     def __len__(self) -> int:
         return len(self._items)

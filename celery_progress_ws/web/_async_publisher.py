@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .._core.append import APPEND_SCRIPT, AppendCall, channel_append, operation_append
+from .._core.append import APPEND_SCRIPT, AppendCall, OperationAppender, channel_append
 from .._core.codec import encode_entry, make_entry
 from .._core.keys import KeySpace, validate_entry_type
 from .._core.policy import is_terminal, ttl_for
@@ -100,7 +100,7 @@ class AsyncProgressPublisher:
             await self._flush_operation(operation_id)  # what the throttle holds back goes first, as it came first
         ttl = ttl_for(self.settings, entry_type, data)
         return await self._append(
-            operation_append(self.keys, operation_id, message, ttl=ttl, maxlen=self.settings.stream_maxlen)
+            OperationAppender(self.keys, operation_id, maxlen=self.settings.stream_maxlen)(message, ttl=ttl)
         )
 
     async def publish_to_channel(self, channel: str, entry: dict[str, Any]) -> str:
@@ -158,7 +158,7 @@ class AsyncProgressPublisher:
 
     async def _write_pending(self, pending: _Pending) -> None:
         maxlen = self.settings.stream_maxlen
-        call = operation_append(self.keys, pending.operation_id, pending.message, ttl=pending.ttl, maxlen=maxlen)
+        call = OperationAppender(self.keys, pending.operation_id, maxlen=maxlen)(pending.message, ttl=pending.ttl)
         try:
             await self._append(call)
         except RedisError as exc:

@@ -1,4 +1,4 @@
-"""``ProgressManager``: the web half's facade, with the seed manager's public methods over the delivery core.
+"""``ProgressManager``: the web half's facade, its public methods (see docs/migration.md) over the delivery core.
 
 It wires the pieces together (a Redis command client and pub/sub client, the live source, the hub, the connection
 registry and the async publisher) and owns their lifecycle; the work itself happens in those pieces. Its underscore

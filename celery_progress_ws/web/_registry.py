@@ -60,7 +60,7 @@ class ConnectionRegistry(Generic[H]):
         return self._per_user[user_id]
 
     def add(self, key: ConnectionKey, handle: H) -> None:
-        """Register ``handle``; raise ``ServerLimitExceeded`` or ``UserLimitExceeded`` (the seed's order) if full."""
+        """Register ``handle``; raise ``ServerLimitExceeded`` (checked first) or ``UserLimitExceeded`` if full."""
         if self._total >= self.max_total:
             raise ServerLimitExceeded()
         if self._per_user[key.user_id] >= self.max_per_user:

@@ -14,7 +14,7 @@ from ._reads import Decoded, Newest
 OperationGetter = Callable[[str], "Awaitable[object | None] | object | None"]
 """``getter(operation_id)``, sync or async: ``None`` (unknown), a mapping (sent as ``data`` as is), or an object.
 
-An object is read the seed's way: ``status``, ``type`` (sent as ``operation_type``), ``created_at``, ``started_at``,
+An object is read by attribute: ``status``, ``type`` (sent as ``operation_type``), ``created_at``, ``started_at``,
 ``completed_at`` and ``error_message`` attributes, each optional; enums become their value, datetimes ISO-8601.
 """
 
