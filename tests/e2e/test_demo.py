@@ -22,7 +22,6 @@ def test_demo_once_completes_a_task_and_stops_everything(
     """`demo --once` starts a worker and the web app, shows a sample task to completion, exits 0, and every process
     it started is gone afterwards, and so are the broker keys it made in the shared Redis."""
     env = {**os.environ, "CELERY_PROGRESS_WS_REDIS_URL": redis_url, "CELERY_PROGRESS_WS_KEY_PREFIX": key_prefix}
-    deadlines_before = set(redis_client.zrange("_kombu.binding_deadlines", 0, -1))  # kombu's key, shared by all apps
     children: set[int] = set()
     output_lines: list[str] = []
     with subprocess.Popen(
@@ -50,4 +49,5 @@ def test_demo_once_completes_a_task_and_stops_everything(
     assert not [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     queue = f"celery-progress-ws-demo-{demo.pid}"  # the demo names its queue and exchanges after its pid
     assert list(redis_client.scan_iter(match=f"*{queue}*")) == []
-    assert set(redis_client.zrange("_kombu.binding_deadlines", 0, -1)) <= deadlines_before
+    # kombu's key is shared by every app on this Redis (other test runs included): only the demo's own names count
+    assert [name for name in redis_client.zrange("_kombu.binding_deadlines", 0, -1) if queue in str(name)] == []
