@@ -2,7 +2,7 @@
 
 It wires the pieces together (a Redis command client and pub/sub client, the live source, the hub, the connection
 registry, the gateway, the reads and the async publisher) and owns their lifecycle; the work itself happens in those
-pieces. The router uses two of them directly: ``_gateway`` (open and end sessions) and ``_reads``.
+pieces. The router and the canceller use two of them directly: ``_gateway`` (open and end sessions) and ``_reads``.
 """
 
 from __future__ import annotations
