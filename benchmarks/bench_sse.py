@@ -69,7 +69,7 @@ def build_app(variant: str) -> FastAPI:
         @app.get("/progress" + EVENTS_PATH)
         async def events(operation_id: str, connection: HTTPConnection) -> Response:
             topic = Topic(TopicKind.OPERATION, operation_id)
-            session = await manager._open_stream(topic, user_id(connection), None)
+            session = await manager._gateway.open_stream(topic, user_id(connection), None)
 
             async def frames(session: Session) -> AsyncIterator[Any]:
                 while (item := await session.outbox.get()) is not None:
@@ -79,7 +79,7 @@ def build_app(variant: str) -> FastAPI:
                 frames(session),
                 ping=settings.heartbeat_seconds,
                 send_timeout=settings.send_timeout_seconds,
-                background=BackgroundTask(manager._end, session),
+                background=BackgroundTask(manager._gateway.end, session),
             )
 
     app.include_router(create_progress_router(manager, get_user_id=user_id, authorize=allow), prefix="/progress")

@@ -5,6 +5,9 @@ Threads: every public method may be called from any thread. ``_lock`` guards the
 during network I/O; decisions and enqueueing happen under it together, so the writer (see ``writer``) delivers each
 operation's entries in the order they were decided.
 
+The class is split by concept into base classes that share its state: ``entries.PublisherEntries`` makes the
+entries, ``background.PublisherThread`` runs the background thread, and this module holds the public methods.
+
 Processes: a forked child starts clean (new locks, empty buffer, no thread, no connection; see ``os.register_at_fork``),
 so a connection opened by this publisher is never used by two processes.
 
@@ -16,42 +19,28 @@ they are still written before its terminal status. Unpatched, every round trip b
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 import weakref
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
 import redis
 
-from .._core.append import AppendCall, OperationAppender
 from .._core.clients import validate_url
 from .._core.codec import encode_entry, make_entry
-from .._core.errors import InvalidOperationId, ProgressError
+from .._core.errors import InvalidOperationId
 from .._core.jsonsafe import PLAIN_TYPES, json_safe_fields, text_of
 from .._core.keys import KeySpace
 from .._core.policy import ttl_for
-from .._core.schemas import CHUNKING_PROGRESS
 from .._core.settings import ProgressSettings
 from .._core.throttle import Decision, Throttle
 from .aggregate_updater import AggregateUpdates
+from .background import PublisherThread
 from .buffer import Rank
 from .meter import COMPUTED_FIELDS, Count, ProgressMeter, RawProgress, check_count, check_fields
 from .writer import PublishResult, StreamWriter, rank_of
-
-logger = logging.getLogger(__name__)
-
-MAX_CACHED_OPERATIONS = 4096
-"""Operations whose stream key and live channel are kept ready; the cache is emptied when it grows past this."""
-
-IDLE_SWEEP_SECONDS = 60.0
-"""How often the background thread forgets the state of operations idle for ``stream_ttl_seconds``."""
-
-MIN_FAILURE_PAUSE_SECONDS = 0.05
-"""The shortest pause of the background thread after a failed pass, whatever ``retry_interval_seconds`` says."""
 
 _INF = float("inf")
 _monotonic = time.monotonic
@@ -60,7 +49,7 @@ _SCHEDULE = Decision.SCHEDULE
 _THROTTLED = PublishResult.THROTTLED
 
 
-class ProgressPublisher:
+class ProgressPublisher(PublisherThread):
     """Writes entries to operation streams from sync code; thread-safe, fork-safe, outage-tolerant.
 
     Pass a ready-made ``redis.Redis`` as ``client`` to share one (its own timeouts and retries then apply); otherwise
@@ -82,7 +71,7 @@ class ProgressPublisher:
         self._wakeup = threading.Condition(self._lock)
         self._throttle: Throttle[RawProgress] = Throttle(self.settings.throttle_seconds)
         self._meter = ProgressMeter()
-        self._appenders: dict[str, OperationAppender] = {}
+        self._appenders = {}
         self._writer = StreamWriter(self.settings, self._given_client, self._lock, self._on_backlog)
         self._aggregates = AggregateUpdates(self.settings, self._writer, self._lock, self._on_backlog)
         self._thread: threading.Thread | None = None
@@ -117,8 +106,7 @@ class ProgressPublisher:
             if raw is not None:
                 self._enqueue_trailing(operation_id, raw)
             if final:
-                self._meter.forget(operation_id)
-                self._appenders.pop(operation_id, None)
+                self._forget_entries(operation_id)
             result = self._writer.enqueue(call, rank_of(entry_type, data))
         return self._writer.write_now(result)
 
@@ -235,12 +223,7 @@ class ProgressPublisher:
         The publisher stays usable: a later call reopens what it needs. Returns whether everything was written.
         """
         flushed = self.flush(timeout)
-        with self._lock:
-            thread, self._thread = self._thread, None
-            self._generation += 1
-            self._wakeup.notify_all()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(self.settings.socket_timeout_seconds * 2 + 1)
+        self._stop_thread()
         self._writer.close()
         return flushed
 
@@ -249,113 +232,6 @@ class ProgressPublisher:
 
     def __exit__(self, *exc_info: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
-
-    # -- entries ----------------------------------------------------------------------------------------------------
-
-    def _call(self, operation_id: str, message: str, ttl: int) -> AppendCall:
-        """The append call of one entry; keys are validated once per operation (InvalidOperationId on the first)."""
-        appender = self._appenders.get(operation_id)
-        if appender is None:
-            if len(self._appenders) >= MAX_CACHED_OPERATIONS:
-                self._appenders.clear()
-            appender = OperationAppender(self._keys, operation_id, maxlen=self.settings.stream_maxlen)
-            self._appenders[operation_id] = appender
-        return appender(message, ttl=ttl)
-
-    def _progress_call(self, operation_id: str, raw: RawProgress, timestamp: str | None = None) -> AppendCall:
-        data = self._meter.render(operation_id, raw)
-        message = encode_entry(make_entry(CHUNKING_PROGRESS, data, timestamp), self.settings.max_entry_bytes)
-        return self._call(operation_id, message, self.settings.stream_ttl_seconds)
-
-    def _enqueue_trailing(self, operation_id: str, raw: RawProgress) -> None:
-        """Buffer a held-back value (lock held); one that cannot be encoded is logged and skipped, never raised.
-
-        Its values were converted when it was reported, so only its size can fail; anything else is a bug, logged with
-        its traceback, and must not keep the entries behind it (the terminal status above all) from being written.
-        """
-        try:
-            self._writer.buffer.append(self._progress_call(operation_id, raw, _wall_clock(raw[4])), Rank.PROGRESS)
-        except ProgressError as exc:
-            logger.warning("celery-progress-ws: skipped a held-back progress value of %s: %s", operation_id, exc)
-        except Exception:
-            logger.exception("celery-progress-ws: skipped a held-back progress value of %s", operation_id)
-
-    # -- background thread ------------------------------------------------------------------------------------------
-
-    def _on_backlog(self) -> None:
-        """Entries wait for a Redis that is down, or aggregate work got due earlier: make sure the thread looks
-        (lock held)."""
-        self._ensure_thread()
-        self._wakeup.notify()
-
-    def _ensure_thread(self) -> None:
-        """Start the background thread in this process if it is not running (lock held)."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, args=(self._generation,), name="celery-progress-ws-publisher", daemon=True
-            )
-            self._thread.start()
-
-    def _run(self, generation: int) -> None:
-        """Publish held-back values when they are due, retry the buffer while Redis is down, forget idle state.
-
-        An unexpected exception in one pass is logged and the loop goes on after ``retry_interval_seconds``, so a bug
-        can neither end the thread (stranding every later held-back value) nor make it spin.
-        """
-        sweep_at: float | None = _monotonic() + IDLE_SWEEP_SECONDS
-        while sweep_at is not None:
-            try:
-                sweep_at = self._run_once(generation, sweep_at)
-            except Exception:
-                logger.exception("celery-progress-ws: the publisher's background pass failed; retrying")
-                pause_until = _monotonic() + max(self.settings.retry_interval_seconds, MIN_FAILURE_PAUSE_SECONDS)
-                with self._lock:
-                    while generation == self._generation and (delay := pause_until - _monotonic()) > 0:
-                        self._wakeup.wait(delay)
-
-    def _run_once(self, generation: int, sweep_at: float) -> float | None:
-        """Wait until there is something to do and do it; return the next sweep time, ``None`` once the thread's
-        generation has ended."""
-        writer = self._writer
-        with self._lock:
-            while generation == self._generation and (delay := self._next_wake(sweep_at)) > 0:
-                self._wakeup.wait(delay)
-            if generation != self._generation:
-                return None
-            for operation_id, raw in self._throttle.take_due():
-                self._enqueue_trailing(operation_id, raw)
-            self._aggregates.enqueue_due()
-            retry = not writer.healthy and _monotonic() >= writer.retry_at
-            write = writer.healthy and len(writer.buffer) > 0
-        if retry or write:
-            writer.drain(probe=retry)
-        if _monotonic() >= sweep_at:
-            sweep_at = _monotonic() + IDLE_SWEEP_SECONDS
-            self._forget_idle()
-        return sweep_at
-
-    def _next_wake(self, sweep_at: float) -> float:
-        """Seconds until the background thread has something to do (lock held)."""
-        now = _monotonic()
-        wake = [sweep_at]
-        due = self._throttle.next_due()
-        if due is not None:
-            wake.append(due)
-        due = self._aggregates.next_due()
-        if due is not None:
-            wake.append(due)
-        if len(self._writer.buffer):
-            wake.append(now if self._writer.healthy else self._writer.retry_at)
-        return min(wake) - now
-
-    def _forget_idle(self) -> None:
-        with self._lock:
-            self._throttle.forget_idle(self.settings.stream_ttl_seconds)
-            self._aggregates.forget_idle(self.settings.stream_ttl_seconds)
-            for operation_id in self._meter.operations():
-                if operation_id not in self._throttle:
-                    self._meter.forget(operation_id)
-            self._appenders.clear()
 
 
 class _ForkHook:
@@ -370,8 +246,3 @@ class _ForkHook:
         publisher = self._ref()
         if publisher is not None:
             publisher._start_clean()
-
-
-def _wall_clock(monotonic_at: float) -> str:
-    """The ISO-8601 UTC time at which ``time.monotonic()`` read ``monotonic_at``."""
-    return datetime.fromtimestamp(time.time() - (_monotonic() - monotonic_at), UTC).isoformat()

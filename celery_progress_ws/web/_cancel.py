@@ -66,7 +66,7 @@ class Canceller:
         operation_id = validate_operation_id(operation_id)
         settings = self._manager.settings
         client = self._manager.redis
-        entries = await self._manager._read_entries(operation_id, LOOKBACK)
+        entries = await self._manager._reads.entries(operation_id, LOOKBACK)
         children = await _redis_call(aggregate_children_async(operation_id, settings, client))
         if not entries and children is None:
             raise OperationNotFound(f"Nothing is known about operation {operation_id}")

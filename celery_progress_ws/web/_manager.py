@@ -1,8 +1,8 @@
 """``ProgressManager``: the web half's facade, its public methods (see docs/migration.md) over the delivery core.
 
 It wires the pieces together (a Redis command client and pub/sub client, the live source, the hub, the connection
-registry and the async publisher) and owns their lifecycle; the work itself happens in those pieces. Its underscore
-methods are the router's plumbing (open a session, end it, read entries), not part of the public surface.
+registry, the gateway, the reads and the async publisher) and owns their lifecycle; the work itself happens in those
+pieces. The router and the canceller use two of them directly: ``_gateway`` (open and end sessions) and ``_reads``.
 """
 
 from __future__ import annotations
@@ -18,26 +18,22 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from .._core.clients import async_command_client, async_pubsub_client
-from .._core.codec import is_valid_stream_id, make_entry, parse_stream_id
-from .._core.errors import ConnectionRefused, SourceUnavailable
+from .._core.codec import make_entry
 from .._core.keys import validate_channel, validate_entry_type, validate_operation_id
-from .._core.policy import is_finished
 from .._core.schemas import CHUNKING_PROGRESS
 from .._core.settings import ProgressSettings
 from .._core.streams import Topic, TopicKind
 from . import _close_codes as close
 from ._async_publisher import AsyncProgressPublisher
 from ._connections import Connections
+from ._gateway import Gateway
 from ._hub import Hub
-from ._outbox import Outgoing
-from ._reads import NewestReader
+from ._reads import NewestReader, OperationReads
 from ._redis_source import RedisSource
 from ._registry import ConnectionKey
 from ._server_exit import ServerExitWatch
-from ._session import Session
-from ._state import OperationGetter, current_state, has_status_and_progress, snapshot
+from ._state import OperationGetter, has_status_and_progress, snapshot
 from ._user_count import RedisUserCount
-from ._websocket import WebSocketTransport, refuse
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +62,12 @@ class ProgressManager:
             clock=self._source.now_ms,
         )
         self._source.bind(self._hub)
-        self._reads = NewestReader(
+        reader = NewestReader(
             self._source,
             max_entry_bytes=self.settings.max_entry_bytes,
             wait_seconds=self.settings.socket_timeout_seconds,
         )
+        self._reads = OperationReads(reader, history_batch=self.settings.history_batch)
         self._publisher = AsyncProgressPublisher(self.redis, self.settings, on_failure=self._publish_failed)
         self._user_count = RedisUserCount(
             self.redis,
@@ -86,9 +83,8 @@ class ProgressManager:
             shared=self._user_count,
             close_timeout=self.settings.send_timeout_seconds,
         )
-        self._exit_watch = ServerExitWatch(self._end_streams)
-        self._exiting = False
-        self._get_operation: OperationGetter | None = None
+        self._gateway = Gateway(self._connections, self.startup)
+        self._exit_watch = ServerExitWatch(self._gateway.end_streams)
         self._started = False
         self._closed = False
 
@@ -143,7 +139,7 @@ class ProgressManager:
 
     def set_operation_getter(self, get_operation_func: OperationGetter | None) -> None:
         """Set ``getter(operation_id)`` (sync or async) whose answer is sent as ``current_state`` on connect."""
-        self._get_operation = get_operation_func
+        self._gateway.get_operation = get_operation_func
 
     # -- operation connections ------------------------------------------------------------------------------------
 
@@ -156,100 +152,22 @@ class ProgressManager:
         ``ServerLimitExceeded``). Returns once the socket is accepted; history and live entries follow.
         """
         topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
-        await self._open_socket(websocket, topic, user_id, last_event_id)
+        await self._gateway.open_socket(websocket, topic, user_id, last_event_id)
 
     async def disconnect(self, websocket: WebSocket, operation_id: str, user_id: str) -> None:
         """Forget a WebSocket of an operation (call it when the socket is done, however it ended)."""
-        await self._disconnect(websocket, ConnectionKey(str(user_id), TopicKind.OPERATION, operation_id))
+        await self._gateway.disconnect(websocket, ConnectionKey(str(user_id), TopicKind.OPERATION, operation_id))
 
     async def connect_to_channel(
         self, websocket: WebSocket, channel: str, user_id: str, *, last_event_id: str | None = None
     ) -> None:
         """Accept a WebSocket for a custom channel: its stored messages (after ``last_event_id``), then live ones."""
         topic = Topic(TopicKind.CHANNEL, validate_channel(channel))
-        await self._open_socket(websocket, topic, user_id, last_event_id)
+        await self._gateway.open_socket(websocket, topic, user_id, last_event_id)
 
     async def disconnect_from_channel(self, websocket: WebSocket, channel: str, user_id: str) -> None:
         """Forget a WebSocket of a custom channel."""
-        await self._disconnect(websocket, ConnectionKey(str(user_id), TopicKind.CHANNEL, channel))
-
-    # -- the router's plumbing: a route opens a session, holds it, and ends it once its socket is gone --------------
-
-    async def _open_socket(
-        self, websocket: WebSocket, topic: Topic, user_id: str, last_event_id: str | None
-    ) -> Session:
-        """Register and accept a WebSocket and start its delivery; refusals close it with 1008 and raise
-        ``ConnectionRefused``. End the session with ``_end``."""
-        try:
-            session = await self._open(topic, user_id, last_event_id)
-        except ConnectionRefused as exc:
-            await refuse(websocket, exc.reason)
-            raise
-        try:
-            await websocket.accept()
-        except BaseException:
-            await self._connections.end(session)
-            raise
-        session.websocket = websocket
-        session.start_sender(WebSocketTransport(websocket))
-        self._connections.attach(session)
-        logger.info("%s connected (%d in this process)", session.key, len(self._connections))
-        return session
-
-    async def _open_stream(self, topic: Topic, user_id: str, last_event_id: str | None) -> Session:
-        """Register an event stream (limits apply) and start its delivery into its outbox; its response sends it
-        (``EventStreamResponse``), then ends it with ``_end``."""
-        session = await self._open(topic, user_id, last_event_id, stream=True)
-        if self._exiting:
-            session.outbox.abort(*close.RESTART)
-        self._connections.attach(session)
-        return session
-
-    async def _end(self, session: Session) -> None:
-        """End a session (its socket is gone, or was never opened): its slot and lease are freed."""
-        await self._connections.end(session)
-
-    async def _disconnect(self, websocket: WebSocket, key: ConnectionKey) -> None:
-        session = self._connections.find(key, websocket)
-        if session is not None:
-            await self._connections.end(session)
-
-    def _end_streams(self) -> None:
-        """The server has begun to exit: end every event stream now (it closes WebSockets itself, with 1012).
-
-        Its clients resume from their last entry on another process; the server then runs the lifespan shutdown.
-        """
-        self._exiting = True
-        streams = self._connections.streams()
-        logger.info("Server exiting: ending %d event streams", len(streams))
-        for session in streams:
-            session.outbox.abort(*close.RESTART)
-
-    async def _open(self, topic: Topic, user_id: str, last_event_id: str | None, *, stream: bool = False) -> Session:
-        """Register a session within the limits and queue its ``current_state``; delivery starts on ``attach``."""
-        if not self._started:
-            await self.startup()
-        if last_event_id is not None and not is_valid_stream_id(last_event_id):
-            raise ValueError(f"last_event_id {last_event_id[:50]!r} is not a stream id such as 1700000000000-0")
-        session = await self._connections.open(topic, str(user_id), last_event_id, stream=stream)
-        if topic.kind is TopicKind.OPERATION and self._get_operation is not None:
-            try:
-                state = await self._current_state(topic.name)
-            except BaseException:  # cancelled while asking the getter: do not leak the slot
-                await self._connections.end(session)
-                raise
-            if state is not None:
-                session.outbox.offer(Outgoing.unstored(state))
-        return session
-
-    async def _current_state(self, operation_id: str) -> dict[str, Any] | None:
-        if self._get_operation is None:
-            return None
-        try:
-            return await current_state(self._get_operation, operation_id)
-        except Exception:  # the application's getter: its failure must not refuse the connection
-            logger.exception("The operation getter failed for %s; no current_state sent", operation_id)
-            return None
+        await self._gateway.disconnect(websocket, ConnectionKey(str(user_id), TopicKind.CHANNEL, channel))
 
     # -- publishing -----------------------------------------------------------------------------------------------
 
@@ -337,35 +255,8 @@ class ProgressManager:
         The newest entries are read in small batches until a status and a progress are found (at most 256 entries;
         entries over ``max_entry_bytes`` are skipped). Raises ``SourceUnavailable`` when Redis cannot be read in time.
         """
-        topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
-        newest = await self._reads.newest(topic, has_status_and_progress)
-        return snapshot(operation_id, newest, await self._current_state(operation_id))
-
-    async def _read_entries(self, operation_id: str, count: int | None = None) -> list[dict[str, Any]]:
-        """Well-formed entries among the newest ``count`` (default ``history_batch``) of an operation, newest first.
-
-        Entries over ``max_entry_bytes`` are skipped. Raises ``SourceUnavailable`` when Redis cannot be read in time.
-        """
-        topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
-        limit = count or self.settings.history_batch
-        newest = await self._reads.newest(topic, lambda entries: False, limit)
-        return [entry for _, entry in newest.entries]
-
-    async def _is_finished(self, operation_id: str, last_event_id: str) -> bool:
-        """Whether ``last_event_id`` is the operation's newest entry and that entry is terminal (nothing will come).
-
-        An id after the newest entry is not: the stream never issued it (the client gets a gap, then the stream).
-        """
-        topic = Topic(TopicKind.OPERATION, validate_operation_id(operation_id))
-        if not is_valid_stream_id(last_event_id):
-            return False
-        try:
-            newest = await self._reads.newest(topic, lambda entries: True, 1)
-        except SourceUnavailable:
-            return False
-        newest_id = parse_stream_id(newest.newest_id) if newest.newest_id is not None else None
-        entry = newest.entries[0][1] if newest.entries else None  # the newest entry, unless it was skipped
-        return is_finished(parse_stream_id(last_event_id), newest_id, entry)
+        newest = await self._reads.newest(operation_id, has_status_and_progress)
+        return snapshot(operation_id, newest, await self._gateway.current_state(operation_id))
 
     async def cleanup_stream(self, operation_id: str) -> None:
         """Delete an operation's stream (when it is finished or deleted) to free Redis memory."""

@@ -1,6 +1,7 @@
-"""``create_progress_router``: HTTP and WebSocket routes translated to ``ProgressManager`` calls, nothing more.
+"""``create_progress_router``: HTTP and WebSocket routes translated to calls of a ``ProgressManager``, nothing more.
 
-Each connection route holds its session from opening to end: it ends the session once its socket is gone.
+Each connection route holds its session from opening to end: the manager's gateway opens it and ends it once its
+socket is gone. Snapshots, resume checks and cancels read through the manager's reads.
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the routes' annotations, which use a local alias.
@@ -70,17 +71,18 @@ def create_progress_router(
     UserId = Annotated[Any, Depends(get_user_id)]  # noqa: N806 - a type alias
     router = APIRouter(dependencies=[Depends(_origin_guard(OriginPolicy(manager.settings.allowed_origins)))])
     client_input = ClientInput.of(manager.settings)
+    gateway = manager._gateway
 
     async def hold_socket(websocket: WebSocket, topic: Topic, user_id: str, last_event_id: str | None) -> None:
         """Serve one WebSocket session until its client leaves or the server ends it, then end it."""
         try:
-            session = await manager._open_socket(websocket, topic, user_id, last_event_id)
+            session = await gateway.open_socket(websocket, topic, user_id, last_event_id)
         except ConnectionRefused:
             return
         try:
             await serve(websocket, session, client_input)
         finally:
-            await manager._end(session)
+            await gateway.end(session)
 
     @router.websocket("/operations/{operation_id}/ws")
     async def operation_socket(
@@ -127,10 +129,10 @@ def create_progress_router(
         """
         operation_id, resume = _checked(operation_id, last_event_id_header or last_event_id)
         await _authorized(authorize, user_id, operation_id)
-        if resume is not None and await manager._is_finished(operation_id, resume):
+        if resume is not None and await manager._reads.is_finished(operation_id, resume):
             return Response(status_code=204)  # tells EventSource not to reconnect: nothing more will come
         try:
-            session = await manager._open_stream(Topic(TopicKind.OPERATION, operation_id), str(user_id), resume)
+            session = await gateway.open_stream(Topic(TopicKind.OPERATION, operation_id), str(user_id), resume)
         except ConnectionRefused as exc:
             raise HTTPException(status_code=429, detail=exc.reason) from exc
         settings = manager.settings
@@ -138,7 +140,7 @@ def create_progress_router(
             session,
             heartbeat=settings.heartbeat_seconds,
             send_timeout=settings.send_timeout_seconds,
-            on_end=manager._end,
+            on_end=gateway.end,
         )
 
     @router.get("/operations/{operation_id}")

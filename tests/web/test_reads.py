@@ -56,7 +56,7 @@ async def test_an_oversized_entry_is_left_out_of_the_snapshot(
         response = await client.get(snapshot_url(server, operation))
     found = response.json()
     assert (found["status"], found["progress"], found["last_event_id"]) == ("started", {"documents_processed": 2}, last)
-    entries = await server.call(server.manager._read_entries(operation))
+    entries = await server.call(server.manager._reads.entries(operation))
     assert [entry["type"] for entry in entries] == ["chunking_progress", "status_update"]
 
 

@@ -40,7 +40,7 @@ async def test_every_manager_write_path_refuses_a_bad_entry_type(server: ThreadS
     operation = f"op-{uuid.uuid4().hex[:8]}"
     with pytest.raises(InvalidEntryType):
         await server.call(WRITES[write](server.manager, operation, bad))
-    assert await server.call(server.manager._read_entries(operation)) == []
+    assert await server.call(server.manager._reads.entries(operation)) == []
 
 
 @pytest.mark.parametrize("bad", BAD_TYPES)
