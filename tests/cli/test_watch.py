@@ -24,7 +24,7 @@ from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._core.policy import ttl_for
 from devtools.servers import PrivateRedis
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RUN_WATCH = "import sys; from celery_progress_ws._cli.watch_cli import main; sys.exit(main(sys.argv[1:]))"
 
 Append = Callable[..., str]
