@@ -6,16 +6,18 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from celery import Celery
-from worker_tasks import create_app, threads_worker
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, set_default_publisher
 from devtools.cluster import PrivateCluster
 from devtools.sentinel import PrivateSentinelSet
 from devtools.servers import PrivateRedis, resolve_redis
+from tests.support.worker_process import worker_process
+from tests.support.worker_tasks import create_app, threads_worker
 
 
 def delete_keys_under(client: redis.Redis, prefix: str) -> None:
@@ -133,10 +135,43 @@ def module_settings(redis_url: str) -> Iterator[ProgressSettings]:
 
 @pytest.fixture(scope="module")
 def progress_worker(redis_url: str, broker_namespace: str, module_settings: ProgressSettings) -> Iterator[Celery]:
-    """An app with ProgressBootstep and the tasks of tests/worker_tasks.py, served by an in-process threads worker."""
+    """An app with ProgressBootstep and the tasks of tests.support.worker_tasks, run by an in-process threads worker."""
     app = create_app(redis_url, broker_namespace, f"{broker_namespace}-{uuid.uuid4().hex[:6]}", module_settings)
     with threads_worker(app):
         yield app
+
+
+# -- Real ``celery worker`` subprocesses, one per test, each with its log file -----------------------------------------
+
+
+@pytest.fixture
+def prefork_worker(
+    redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path
+) -> Iterator[tuple[Celery, Path]]:
+    """A prefork worker with two children, and its log file."""
+    log = tmp_path / "worker.log"
+    with worker_process(redis_url, broker_namespace, settings, log, ["--pool=prefork", "--concurrency=2"]) as app:
+        yield app, log
+
+
+@pytest.fixture
+def gevent_worker(
+    redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path
+) -> Iterator[tuple[Celery, Path]]:
+    """A gevent worker (the standard library monkey-patched by Celery) running up to 8 tasks at once, and its log."""
+    log = tmp_path / "worker.log"
+    with worker_process(redis_url, broker_namespace, settings, log, ["--pool=gevent", "--concurrency=8"]) as app:
+        yield app, log
+
+
+@pytest.fixture
+def solo_worker(
+    redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path
+) -> Iterator[tuple[Celery, Path]]:
+    """A solo worker (tasks run one at a time in the worker's main thread), and its log."""
+    log = tmp_path / "worker.log"
+    with worker_process(redis_url, broker_namespace, settings, log, ["--pool=solo"]) as app:
+        yield app, log
 
 
 # -- Private Redis Cluster and Sentinel sets (embedded valkey-server processes, stopped by pid) ---------------------

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from stack import ExampleStack
+
+from tests.support.stack import ExampleStack
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import redis
-from other_origin import OtherOriginSite
-from stack import ExampleStack
+
+from tests.support.other_origin import OtherOriginSite
+from tests.support.stack import ExampleStack
 
 pytestmark = pytest.mark.integration
 

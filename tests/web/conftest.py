@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import ThreadServer
 from redis.asyncio import Redis
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web import ProgressManager
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
+from tests.support.harness import ThreadServer
 
 
 @pytest.fixture

@@ -10,14 +10,14 @@ import pytest
 import redis
 from celery import Celery, group
 from celery.worker import state as worker_state
-from harness import ThreadServer, eventually, receive_json, receive_until_closed, ws_url
-from serverapp import build_app
 from websockets.asyncio.client import connect
 
 from celery_progress_ws import ProgressSettings, track
 from celery_progress_ws._aggregate.track import aggregate_children_async
 from celery_progress_ws.web import ProgressManager
 from devtools.servers import PrivateRedis
+from tests.support.harness import ThreadServer, eventually, receive_json, receive_until_closed, ws_url
+from tests.support.serverapp import build_app
 
 pytestmark = pytest.mark.integration
 

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import pytest
 from celery import Celery
-from harness import ThreadServer, receive_until_closed, ws_url
 from websockets.asyncio.client import connect
 
 from celery_progress_ws import ProgressSettings
+from tests.support.harness import ThreadServer, receive_until_closed, ws_url
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from harness import ThreadServer, receive_json, ws_url
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -16,6 +15,7 @@ from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web import ProgressManager, uvicorn_options
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web._websocket import MessageRate
+from tests.support.harness import ThreadServer, receive_json, ws_url
 
 pytestmark = pytest.mark.integration
 

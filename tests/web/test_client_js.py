@@ -489,7 +489,7 @@ async def test_sse_no_content_means_finished(node_command: list[str], tmp_path: 
 
 # --- against the real router, on the test's Redis -----------------------------------------------------------------
 
-USER = {"user": "alice"}  # tests/web/serverapp.py reads the user from this query parameter
+USER = {"user": "alice"}  # tests/support/serverapp.py reads the user from this query parameter
 
 
 def appender(client: redis.Redis, settings: ProgressSettings) -> Callable[..., str]:

@@ -7,7 +7,6 @@ import json
 import random
 
 import pytest
-from fakes import FakeSource
 
 from celery_progress_ws._core.errors import ServerLimitExceeded, UserLimitExceeded
 from celery_progress_ws._core.schemas import GapReason
@@ -16,6 +15,7 @@ from celery_progress_ws.web._hub import Hub
 from celery_progress_ws.web._outbox import Outbox, Outgoing
 from celery_progress_ws.web._registry import ConnectionKey, ConnectionRegistry
 from celery_progress_ws.web._subscriber import Subscriber
+from tests.support.fakes import FakeSource
 
 TOPIC = Topic(TopicKind.OPERATION, "op-1")
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import SseEvent, ThreadServer, receive_json, receive_until_closed, sse_events, ws_url
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -20,6 +19,7 @@ from celery_progress_ws import ProgressSettings
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web import ProgressManager
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
+from tests.support.harness import SseEvent, ThreadServer, receive_json, receive_until_closed, sse_events, ws_url
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from harness import ProcessServer, ThreadServer, receive_json, receive_until_closed, ws_url
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -16,6 +15,7 @@ from celery_progress_ws import ProgressSettings
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from devtools.servers import PrivateRedis
+from tests.support.harness import ProcessServer, ThreadServer, receive_json, receive_until_closed, ws_url
 
 pytestmark = pytest.mark.integration
 

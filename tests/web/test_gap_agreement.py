@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from harness import ROOT, ThreadServer, receive_json, receive_until_closed, ws_url
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -20,6 +19,7 @@ from websockets.asyncio.client import connect
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from devtools.servers import PrivateRedis
+from tests.support.harness import ROOT, ThreadServer, receive_json, receive_until_closed, ws_url
 
 pytestmark = pytest.mark.integration
 

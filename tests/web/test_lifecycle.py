@@ -12,12 +12,12 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from harness import ThreadServer, eventually, receive_json, sse_events, ws_url
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
+from tests.support.harness import ThreadServer, eventually, receive_json, sse_events, ws_url
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,7 @@ import httpx
 import pytest
 from celery import Celery
 from celery.worker import state as worker_state
-from harness import ThreadServer, receive_json, receive_until_closed, ws_url
 from pydantic import ValidationError
-from serverapp import build_app
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
@@ -23,6 +21,8 @@ from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web import ProgressManager
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web._origin import OriginPolicy
+from tests.support.harness import ThreadServer, receive_json, receive_until_closed, ws_url
+from tests.support.serverapp import build_app
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from harness import ThreadServer, receive_json, receive_until_closed, ws_url
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from websockets.asyncio.client import connect
@@ -16,6 +15,7 @@ from websockets.asyncio.client import connect
 from celery_progress_ws import EntryTooLarge, ProgressSettings
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
+from tests.support.harness import ThreadServer, receive_json, receive_until_closed, ws_url
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import ThreadServer, receive_json, ws_url
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
@@ -21,6 +20,7 @@ from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._core.streams import Topic, TopicKind
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from devtools.servers import PrivateRedis
+from tests.support.harness import ThreadServer, receive_json, ws_url
 
 pytestmark = pytest.mark.integration
 

@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from harness import ThreadServer, eventually, receive_json, ws_url
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
+from tests.support.harness import ThreadServer, eventually, receive_json, ws_url
 
 pytestmark = pytest.mark.integration
 

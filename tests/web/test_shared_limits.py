@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from harness import ProcessServer, ThreadServer, eventually, receive_json, ws_url
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -19,6 +18,7 @@ from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web._user_count import RedisUserCount
 from devtools.servers import PrivateRedis, free_port
+from tests.support.harness import ProcessServer, ThreadServer, eventually, receive_json, ws_url
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,12 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from harness import ThreadServer, receive_json, ws_url
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
+from tests.support.harness import ThreadServer, receive_json, ws_url
 
 pytestmark = pytest.mark.integration
 

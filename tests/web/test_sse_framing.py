@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import SseEvent, ThreadServer, sse_events
 from redis.asyncio import Redis
 
 from celery_progress_ws import InvalidEntryType, MalformedEntry, ProgressSettings, send_event
@@ -18,6 +17,7 @@ from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web import ProgressManager
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web._outbox import Outgoing
+from tests.support.harness import SseEvent, ThreadServer, sse_events
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ import uuid
 
 import httpx
 import pytest
-from harness import ProcessServer, sse_events
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
+from tests.support.harness import ProcessServer, sse_events
 
 pytestmark = pytest.mark.integration
 

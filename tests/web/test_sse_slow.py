@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import ThreadServer, eventually, sse_events
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
+from tests.support.harness import ThreadServer, eventually, sse_events
 
 pytestmark = pytest.mark.integration
 

@@ -15,14 +15,13 @@ import pytest
 import redis
 import redis.asyncio
 from celery import Celery, chain, chord, group
-from streams import Entries, read, wait_for
-from test_worker_subprocess import prefork_worker  # noqa: F401  (fixture)
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, track
 from celery_progress_ws._aggregate.track import _register, aggregate_children_async, cancel_aggregate_async
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._worker.aggregate_updater import AggregateUpdates
 from devtools.servers import PrivateRedis
+from tests.support.streams import Entries, read, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +56,7 @@ def terminal(entries: Entries) -> dict[str, Any]:
 
 
 def test_group_of_50_on_prefork_worker_reaches_exactly_100_percent(
-    prefork_worker: tuple[Celery, Path],  # noqa: F811
+    prefork_worker: tuple[Celery, Path],
     settings: ProgressSettings,
     redis_client: redis.Redis,
 ) -> None:

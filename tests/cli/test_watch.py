@@ -22,12 +22,14 @@ from celery_progress_ws._core.append import APPEND_SCRIPT, OperationAppender
 from celery_progress_ws._core.codec import encode_entry, make_entry
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._core.policy import ttl_for
+from devtools.processes import OwnedProcess, stop_all
 from devtools.servers import PrivateRedis
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RUN_WATCH = "import sys; from celery_progress_ws._cli.watch_cli import main; sys.exit(main(sys.argv[1:]))"
 
 Append = Callable[..., str]
+Watch = Callable[..., OwnedProcess]
 
 
 def appender(client: redis.Redis, settings: ProgressSettings) -> Append:
@@ -65,29 +67,49 @@ def status(append: Append, operation_id: str, value: str) -> str:
     return append(operation_id, "status_update", status=value)
 
 
-def watch_process(settings: ProgressSettings, *args: str) -> subprocess.Popen[str]:
-    """The watch command in its own process, printing JSON lines."""
+def watch_process(settings: ProgressSettings, *args: str) -> OwnedProcess:
+    """The watch command in its own process group, printing JSON lines."""
     command = [sys.executable, "-c", RUN_WATCH, *args, "--redis-url", settings.redis_url]
     command += ["--key-prefix", settings.key_prefix, "--json"]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return OwnedProcess(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def watch_to_end(settings: ProgressSettings, *args: str) -> tuple[int, list[dict[str, Any]], str]:
-    """Run the watch command to its end; return exit status, the JSON lines and stderr."""
-    process = watch_process(settings, *args)
-    stdout, stderr = process.communicate(timeout=60)
-    return process.returncode, [json.loads(line) for line in stdout.splitlines()], stderr
+@pytest.fixture
+def watch() -> Iterator[Watch]:
+    """Starts watch commands (``watch_process``); whichever still runs when the test ends is stopped by its pid."""
+    started: list[OwnedProcess] = []
+
+    def start(settings: ProgressSettings, *args: str) -> OwnedProcess:
+        started.append(watch_process(settings, *args))
+        return started[-1]
+
+    yield start
+    stop_all(started)
+    for process in started:
+        for pipe in (process.popen.stdout, process.popen.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
-def read_lines(process: subprocess.Popen[str], count: int) -> list[dict[str, Any]]:
+def read_lines(process: OwnedProcess, count: int) -> list[dict[str, Any]]:
     """Block until the process printed ``count`` more JSON lines."""
-    assert process.stdout is not None
-    return [json.loads(process.stdout.readline()) for _ in range(count)]
+    assert process.popen.stdout is not None
+    return [json.loads(process.popen.stdout.readline()) for _ in range(count)]
 
 
-def finish(process: subprocess.Popen[str]) -> tuple[int, list[dict[str, Any]], str]:
-    stdout, stderr = process.communicate(timeout=60)
-    return process.returncode, [json.loads(line) for line in stdout.splitlines()], stderr
+def finish(process: OwnedProcess) -> tuple[int, list[dict[str, Any]], str]:
+    """Wait for the command to exit; return its exit status, the JSON lines ``read_lines`` has not returned, and stderr.
+
+    The rest of its output is read after it exited, through the same buffered pipe as ``read_lines`` (lines already
+    in that buffer would be lost to a read of the bare pipe); a watcher prints far less than a pipe holds.
+    """
+    exited = process.wait_exit(60)
+    code = process.stop()
+    assert process.popen.stdout is not None
+    assert process.popen.stderr is not None
+    stdout, stderr = process.popen.stdout.read(), process.popen.stderr.read().decode()
+    assert exited, f"the watch command did not exit within 60 s: {stderr}"
+    return code, [json.loads(line) for line in stdout.splitlines()], stderr
 
 
 @pytest.fixture
@@ -103,10 +125,10 @@ def private_client(private_redis: PrivateRedis) -> Iterator[redis.Redis]:
 
 
 @pytest.mark.integration
-def test_history_then_live_each_entry_once_in_order(settings: ProgressSettings, append: Append) -> None:
+def test_history_then_live_each_entry_once_in_order(settings: ProgressSettings, append: Append, watch: Watch) -> None:
     """Entries written before and while the watcher runs are printed exactly once, in stream order, then exit 0."""
     ids = [status(append, "op", "queued"), status(append, "op", "started"), progress(append, "op", 1)]
-    process = watch_process(settings, "op")
+    process = watch(settings, "op")
     history = read_lines(process, 3)  # printed after the live subscription is confirmed
     ids += [progress(append, "op", 2), append("op", "chunking_document_complete", document="doc-2.pdf")]
     ids += [progress(append, "op", 4), status(append, "op", "completed")]
@@ -132,14 +154,14 @@ def test_history_then_live_each_entry_once_in_order(settings: ProgressSettings, 
     ],
 )
 def test_exit_status_follows_the_final_statuses(
-    settings: ProgressSettings, append: Append, finals: list[str], expected: int
+    settings: ProgressSettings, append: Append, finals: list[str], expected: int, watch: Watch
 ) -> None:
     """Exit 0 when every operation completed, 1 if any failed, else 2 if any was cancelled."""
     operation_ids = [f"op-{index}" for index in range(len(finals))]
     for operation_id, final in zip(operation_ids, finals, strict=True):
         status(append, operation_id, "started")
         status(append, operation_id, final)
-    code, lines, stderr = watch_to_end(settings, *operation_ids)
+    code, lines, stderr = finish(watch(settings, *operation_ids))
     assert code == expected, stderr
     for operation_id, final in zip(operation_ids, finals, strict=True):
         statuses = [line["data"]["status"] for line in lines if line["operation_id"] == operation_id]
@@ -147,11 +169,13 @@ def test_exit_status_follows_the_final_statuses(
 
 
 @pytest.mark.integration
-def test_timeout_exits_3_after_printing_what_there_was(settings: ProgressSettings, append: Append) -> None:
+def test_timeout_exits_3_after_printing_what_there_was(
+    settings: ProgressSettings, append: Append, watch: Watch
+) -> None:
     """An operation that does not end within --timeout gives exit 3, after its entries so far were printed."""
     started = status(append, "slow", "started")
     status(append, "done", "completed")
-    code, lines, stderr = watch_to_end(settings, "slow", "done", "--timeout", "0.5")
+    code, lines, stderr = finish(watch(settings, "slow", "done", "--timeout", "0.5"))
     assert code == 3, stderr
     assert started in [line["id"] for line in lines]
 
@@ -178,14 +202,16 @@ def test_entry_written_during_history_read_is_printed_once(
 
 
 @pytest.mark.integration
-def test_trimmed_history_is_announced_as_a_gap(settings: ProgressSettings, redis_client: redis.Redis) -> None:
+def test_trimmed_history_is_announced_as_a_gap(
+    settings: ProgressSettings, redis_client: redis.Redis, watch: Watch
+) -> None:
     """When the stream's max length dropped early entries, a history_gap line (reason trimmed) comes first."""
     short = settings.model_copy(update={"stream_maxlen": 2})
     append = appender(redis_client, short)
     status(append, "op", "queued")
     status(append, "op", "started")
     kept = [progress(append, "op", 1), status(append, "op", "completed")]
-    code, lines, stderr = watch_to_end(settings, "op")
+    code, lines, stderr = finish(watch(settings, "op"))
     assert code == 0, stderr
     assert lines[0]["type"] == "history_gap"
     assert lines[0]["data"] == {"reason": "trimmed", "after_id": None, "resumes_at": kept[0]}
@@ -194,12 +220,12 @@ def test_trimmed_history_is_announced_as_a_gap(settings: ProgressSettings, redis
 
 @pytest.mark.integration
 def test_resumes_after_redis_restart_and_reports_the_gap(
-    private_redis: PrivateRedis, private_settings: ProgressSettings, private_client: redis.Redis
+    private_redis: PrivateRedis, private_settings: ProgressSettings, private_client: redis.Redis, watch: Watch
 ) -> None:
     """After Redis restarts (losing its data) the watcher reconnects, says so with a gap, and prints what follows."""
     append = appender(private_client, private_settings)
     before = [status(append, "op", "started"), progress(append, "op", 1)]
-    process = watch_process(private_settings, "op")
+    process = watch(private_settings, "op")
     assert [line["id"] for line in read_lines(process, 2)] == before
     private_redis.restart()
     append = appender(private_client, private_settings)
@@ -245,13 +271,13 @@ def test_idle_connection_is_pinged_and_answers(
 
 @pytest.mark.integration
 def test_a_forged_id_ahead_of_the_stream_is_reported_and_the_stream_shown_from_its_start(
-    private_settings: ProgressSettings, private_client: redis.Redis
+    private_settings: ProgressSettings, private_client: redis.Redis, watch: Watch
 ) -> None:
     """A live id the stream never issued hides what follows only until the next reconnect: then an `ahead_of_stream`
     gap, and the stream again from its start (as the web half does)."""
     append = appender(private_client, private_settings)
     first = status(append, "op", "started")
-    process = watch_process(private_settings, "op")
+    process = watch(private_settings, "op")
     assert [line["id"] for line in read_lines(process, 1)] == [first]
     forged = "99999999999999-0"
     message = encode_entry(make_entry("note", {"forged": True}), private_settings.max_entry_bytes)

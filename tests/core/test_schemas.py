@@ -6,10 +6,10 @@ import json
 
 import pytest
 import redis
-from streams import read
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, TaskStatus, wire_json_schema, wire_json_schema_text
 from celery_progress_ws._core.schemas import TERMINAL_STATUSES, ProgressEntry, StatusUpdateEntry
+from tests.support.streams import read
 
 
 def test_statuses_are_the_issues_six() -> None:

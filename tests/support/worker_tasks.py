@@ -14,9 +14,9 @@ import redis
 from celery import Celery, Task
 from celery.backends.redis import RedisBackend
 from celery.contrib.testing.worker import start_worker
-from streams import ended, statuses, wait_for
 
 from celery_progress_ws import ProgressBootstep, ProgressSettings, report_progress, send_event
+from tests.support.streams import ended, statuses, wait_for
 
 GATES: dict[str, tuple[threading.Event, threading.Event]] = {}
 """In-process tests only: ``token -> (reached, release)`` events the ``gated`` task waits on."""

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from streams import ended, kinds, progress_values, read, statuses, stream_key, wait_for
-from worker_tasks import check_odd_value_runs, create_app
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult
 from celery_progress_ws._worker.signals import bindings, disable_events, enable_worker_events
+from tests.support.streams import ended, kinds, progress_values, read, statuses, stream_key, wait_for
+from tests.support.worker_tasks import check_odd_value_runs, create_app
 
 pytestmark = pytest.mark.integration
 

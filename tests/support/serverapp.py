@@ -1,7 +1,7 @@
 """The FastAPI app the web tests serve: the progress router behind a header user and a deny-list authorization.
 
-Also importable by a uvicorn subprocess (``serverapp:create_app --factory``), which reads its settings from the
-``CELERY_PROGRESS_WS_*`` environment.
+Also importable by a uvicorn subprocess (``tests.support.serverapp:create_app --factory``), which reads its settings
+from the ``CELERY_PROGRESS_WS_*`` environment.
 """
 
 from __future__ import annotations

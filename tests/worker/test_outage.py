@@ -12,11 +12,11 @@ import pytest
 import redis
 from celery import Celery, group
 from celery.contrib.testing.worker import start_worker
-from streams import Entries, ended, kinds, progress_values, statuses, wait_for
-from worker_tasks import GATES, close_app, create_app, threads_worker
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult, track
 from devtools.servers import PrivateRedis
+from tests.support.streams import Entries, ended, kinds, progress_values, statuses, wait_for
+from tests.support.worker_tasks import GATES, close_app, create_app, threads_worker
 
 pytestmark = pytest.mark.integration
 

@@ -15,16 +15,16 @@ from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
-from serverapp import build_app
 from websockets.asyncio.client import ClientConnection
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web import ProgressManager
 from devtools.processes import OwnedProcess, free_port
+from tests.support.serverapp import build_app
 
 T = TypeVar("T")
-HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+SERVER_APP = "tests.support.serverapp:create_app"
 
 
 class ThreadServer:
@@ -82,7 +82,7 @@ class ThreadServer:
 
 
 class ProcessServer:
-    """A uvicorn subprocess serving ``serverapp:create_app`` with settings from its environment."""
+    """A uvicorn subprocess serving ``SERVER_APP`` with settings from its environment."""
 
     def __init__(self, settings: ProgressSettings, *, stderr: int | None = None) -> None:
         """``stderr=subprocess.PIPE`` keeps what the server logs for the test to read."""
@@ -91,11 +91,11 @@ class ProcessServer:
             **os.environ,
             "CELERY_PROGRESS_WS_REDIS_URL": settings.redis_url,
             "CELERY_PROGRESS_WS_KEY_PREFIX": settings.key_prefix,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),
+            "PYTHONPATH": str(ROOT),
         }
-        command = [sys.executable, "-m", "uvicorn", "serverapp:create_app", "--factory", "--host", "127.0.0.1"]
+        command = [sys.executable, "-m", "uvicorn", SERVER_APP, "--factory", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--log-level", "warning"]
-        self.owned = OwnedProcess(command, env=env, cwd=HERE, stderr=stderr)
+        self.owned = OwnedProcess(command, env=env, cwd=ROOT, stderr=stderr)
 
     @property
     def process(self) -> subprocess.Popen[bytes]:

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 import redis
-from streams import kinds, progress_values, read, stream_key, wait_for
 
 from celery_progress_ws import InvalidOperationId, ProgressPublisher, ProgressSettings, PublishResult
 from celery_progress_ws._core.append import AppendCall
 from celery_progress_ws._core.codec import decode_live
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._worker.meter import RawProgress
+from tests.support.streams import kinds, progress_values, read, stream_key, wait_for
 
 pytestmark = pytest.mark.integration
 

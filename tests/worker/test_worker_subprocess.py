@@ -1,96 +1,21 @@
-"""Real ``celery worker`` subprocesses (prefork with concurrency 2, solo, gevent), configured by environment."""
+"""Real ``celery worker`` subprocesses (prefork with concurrency 2, solo, gevent), configured by environment.
+
+The workers are the ``prefork_worker``, ``gevent_worker`` and ``solo_worker`` fixtures of tests/conftest.py.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import redis
 from celery import Celery
-from streams import ended, kinds, progress_values, stream_key, wait_for
-from worker_tasks import check_odd_value_runs, close_app, create_app
 
-from celery_progress_ws import ProgressSettings, enable_queued_events
-from celery_progress_ws._worker.signals import disable_events
+from celery_progress_ws import ProgressSettings
+from tests.support.streams import ended, kinds, progress_values, stream_key, wait_for
+from tests.support.worker_tasks import check_odd_value_runs
 
 pytestmark = pytest.mark.integration
-
-TESTS = Path(__file__).resolve().parent
-
-
-@contextmanager
-def worker_process(
-    redis_url: str, broker_namespace: str, settings: ProgressSettings, log: Path, pool_options: list[str]
-) -> Iterator[Celery]:
-    """Start a worker subprocess with ``pool_options``; yield an app that sends to its queue (with `queued` entries
-    enabled, like a web app); stop the worker with a warm shutdown (SIGTERM to its pid) afterwards."""
-    queue = f"{broker_namespace}-{uuid.uuid4().hex[:6]}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]),
-        "CPWS_TEST_BROKER_URL": redis_url,
-        "CPWS_TEST_NAMESPACE": broker_namespace,
-        "CPWS_TEST_QUEUE": queue,
-        "CELERY_PROGRESS_WS_REDIS_URL": redis_url,
-        "CELERY_PROGRESS_WS_KEY_PREFIX": settings.key_prefix,
-        "CELERY_PROGRESS_WS_THROTTLE_SECONDS": str(settings.throttle_seconds),
-    }
-    command = [sys.executable, "-m", "celery", "-A", "worker_app", "worker", *pool_options]
-    command += ["--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel=INFO"]
-    command += ["--hostname", f"cpws-{uuid.uuid4().hex[:6]}@%h"]
-    with open(log, "wb") as output:
-        worker = subprocess.Popen(command, cwd=TESTS, env=env, stdout=output, stderr=subprocess.STDOUT)
-    sender = create_app(redis_url, broker_namespace, queue)
-    publisher = enable_queued_events(sender, settings)
-    try:
-        yield sender
-    finally:
-        disable_events(sender)
-        publisher.close()
-        close_app(sender)
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-
-
-@pytest.fixture
-def prefork_worker(
-    redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path
-) -> Iterator[tuple[Celery, Path]]:
-    """A prefork worker with two children, and its log file."""
-    log = tmp_path / "worker.log"
-    with worker_process(redis_url, broker_namespace, settings, log, ["--pool=prefork", "--concurrency=2"]) as app:
-        yield app, log
-
-
-@pytest.fixture
-def gevent_worker(
-    redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path
-) -> Iterator[tuple[Celery, Path]]:
-    """A gevent worker (the standard library monkey-patched by Celery) running up to 8 tasks at once, and its log."""
-    log = tmp_path / "worker.log"
-    with worker_process(redis_url, broker_namespace, settings, log, ["--pool=gevent", "--concurrency=8"]) as app:
-        yield app, log
-
-
-@pytest.fixture
-def solo_worker(
-    redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path
-) -> Iterator[tuple[Celery, Path]]:
-    """A solo worker (tasks run one at a time in the worker's main thread), and its log."""
-    log = tmp_path / "worker.log"
-    with worker_process(redis_url, broker_namespace, settings, log, ["--pool=solo"]) as app:
-        yield app, log
 
 
 def test_prefork_worker_publishes_every_lifecycle_from_children_and_main_process(

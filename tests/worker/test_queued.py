@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery import Celery
-from streams import read, statuses
-from worker_tasks import close_app, create_app
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, enable_queued_events
 from celery_progress_ws._worker import signals as _signals
 from celery_progress_ws._worker.signals import disable_events, enable_worker_events
+from tests.support.streams import read, statuses
+from tests.support.worker_tasks import close_app, create_app
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,6 @@ from fractions import Fraction
 
 import pytest
 import redis
-from streams import kinds, progress_values, read
 
 from celery_progress_ws import (
     EntryTooLarge,
@@ -25,6 +24,7 @@ from celery_progress_ws import (
 )
 from celery_progress_ws._worker.reporting import default_publisher, set_default_publisher
 from devtools.servers import PrivateRedis
+from tests.support.streams import kinds, progress_values, read
 
 pytestmark = pytest.mark.integration
 
