@@ -1,7 +1,7 @@
 """The Lua scripts of aggregate operations: registration and every child update run atomically inside Redis.
 
-Both scripts touch two keys of one operation, its aggregate hash and its stream. On Redis Cluster they must hash to the
-same slot: give aggregate operations ids with a hash tag, e.g. ``{3f2a...}`` (see docs/aggregates.md).
+Both scripts touch two keys of one operation, its aggregate hash and its stream, and publish on its live channel; all
+three carry the operation id as their hash tag (``_core.keys``), so on Redis Cluster each call runs on one node.
 
 Hash fields: ``kind``, ``total`` (children), ``tw`` (total weight), ``sum`` (weighted sum of child fractions),
 ``start_ms`` (Redis clock), counters ``queued``/``started``/``completed``/``failed``/``cancelled``, ``last_ms`` and

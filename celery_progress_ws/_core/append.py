@@ -1,7 +1,7 @@
 """The single Redis write both halves use: XADD, EXPIRE and a live PUBLISH in one round trip.
 
-The three commands run in one Lua script on one key, so a Redis Cluster deployment keeps working, and the live
-announcement carries the id Redis assigned, which a pipeline of plain commands could not know in advance.
+The three commands run in one Lua script on one key (its live channel shares the key's hash tag, hence its cluster
+slot), and the live announcement carries the id Redis assigned, which a pipeline of plain commands could not know.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Validation of user-supplied names (ids, channels, entry types) and the one place where Redis keys are built."""
+"""Validation of user-supplied names (ids, channels, entry types) and the one place where Redis keys are built.
+
+Every key and channel of one operation carries the operation id as a Redis Cluster hash tag (``{<id>}``), so they
+share one slot and one Lua script may touch them all; a custom channel's stream and live channel share its name's tag.
+``{`` and ``}`` are therefore refused in operation ids, channel names and the key prefix.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,21 @@ from .errors import InvalidChannelName, InvalidEntryType, InvalidOperationId
 MAX_OPERATION_ID_LENGTH = 128
 MAX_CHANNEL_LENGTH = 200
 
-STREAM_TEMPLATE = "operation-progress:{operation_id}"
-LIVE_TEMPLATE = "operation-progress-live:{operation_id}"
-CHANNEL_STREAM_TEMPLATE = "stream:{channel}"
-CHANNEL_LIVE_TEMPLATE = "stream-live:{channel}"
-AGGREGATE_TEMPLATE = "operation-aggregate:{operation_id}"
-AGGREGATE_PARENT_TEMPLATE = "operation-parent:{task_id}"
+# Doubled braces are literal: "{{{operation_id}}}" becomes "{abc}", the hash tag.
+STREAM_TEMPLATE = "operation-progress:{{{operation_id}}}"
+LIVE_TEMPLATE = "operation-progress-live:{{{operation_id}}}"
+CHANNEL_STREAM_TEMPLATE = "stream:{{{channel}}}"
+CHANNEL_LIVE_TEMPLATE = "stream-live:{{{channel}}}"
+AGGREGATE_TEMPLATE = "operation-aggregate:{{{operation_id}}}"
+AGGREGATE_PARENT_TEMPLATE = "operation-parent:{{{task_id}}}"
 USER_CONNECTIONS_TEMPLATE = "connections:user:{digest}"
 
 ENTRY_TYPE_RULE = "1-64 characters of A-Z a-z 0-9 _ . : -"
 _ENTRY_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
-# Printable ASCII without whitespace, glob metacharacters (* ? [ ]) or backslash.
-_SAFE_NAME = re.compile(r"[^\x00-\x20\x7f-\U0010ffff*?\[\]\\]+")
+# Printable ASCII without whitespace, glob metacharacters (* ? [ ]), backslash or hash-tag braces ({ }).
+_SAFE_NAME = re.compile(r"[^\x00-\x20\x7f-\U0010ffff*?\[\]\\{}]+")
+_BRACES = frozenset("{}")
 
 
 def validate_operation_id(operation_id: object) -> str:
@@ -34,6 +41,10 @@ def validate_operation_id(operation_id: object) -> str:
     if len(operation_id) > MAX_OPERATION_ID_LENGTH:
         raise InvalidOperationId(
             f"operation id is {len(operation_id)} characters long; the limit is {MAX_OPERATION_ID_LENGTH}"
+        )
+    if _BRACES.intersection(operation_id):
+        raise InvalidOperationId(
+            f"operation id {operation_id!r} contains {{ or }}: the library itself puts ids in Redis Cluster hash tags"
         )
     if not _SAFE_NAME.fullmatch(operation_id):
         raise InvalidOperationId(
@@ -48,9 +59,22 @@ def validate_channel(channel: object) -> str:
         raise InvalidChannelName("channel name must be a non-empty string")
     if len(channel) > MAX_CHANNEL_LENGTH:
         raise InvalidChannelName(f"channel name is longer than {MAX_CHANNEL_LENGTH} characters")
+    if _BRACES.intersection(channel):
+        raise InvalidChannelName(
+            f"channel name {channel!r} contains {{ or }}: the library itself puts names in Redis Cluster hash tags"
+        )
     if not _SAFE_NAME.fullmatch(channel):
         raise InvalidChannelName(f"channel name {channel!r} contains whitespace, control, non-ASCII or glob characters")
     return channel
+
+
+def validate_key_prefix(prefix: str) -> str:
+    """Return ``prefix`` unless it holds ``{`` or ``}``, which would make part of it the hash tag of every key."""
+    if _BRACES.intersection(prefix):
+        raise ValueError(
+            f"key_prefix {prefix!r} contains {{ or }}: the library itself puts ids in Redis Cluster hash tags"
+        )
+    return prefix
 
 
 def is_valid_entry_type(entry_type: object) -> bool:
@@ -67,12 +91,12 @@ def validate_entry_type(entry_type: object) -> str:
 
 
 class KeySpace:
-    """Builds validated key and channel names under one prefix."""
+    """Builds validated key and channel names under one prefix, each operation's and channel's in one cluster slot."""
 
     __slots__ = ("prefix",)
 
     def __init__(self, prefix: str = "") -> None:
-        self.prefix = prefix
+        self.prefix = validate_key_prefix(prefix)
 
     def stream(self, operation_id: str) -> str:
         """The stream holding an operation's entries."""
@@ -100,5 +124,5 @@ class KeySpace:
         return self.prefix + AGGREGATE_TEMPLATE.format(operation_id=validate_operation_id(operation_id))
 
     def aggregate_parent(self, task_id: str) -> str:
-        """The string naming the aggregate operation a child task belongs to."""
+        """The string naming the aggregate operation a child task belongs to; in the child's slot, not the parent's."""
         return self.prefix + AGGREGATE_PARENT_TEMPLATE.format(task_id=validate_operation_id(task_id))

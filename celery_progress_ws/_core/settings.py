@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .keys import validate_key_prefix
 from .origins import allowed_origin_entry
 
 
@@ -23,7 +24,7 @@ class ProgressSettings(BaseSettings):
     key_prefix: str = Field(
         default="",
         max_length=64,
-        pattern=r"^[A-Za-z0-9_.:{}-]*$",
+        pattern=r"^[A-Za-z0-9_.:-]*$",
         description="Prepended to every key and channel name, e.g. `myapp:`.",
     )
     throttle_seconds: float = Field(
@@ -105,6 +106,11 @@ class ProgressSettings(BaseSettings):
         pattern=r"^SIG[A-Z0-9]+$",
         description="Signal sent to a running task's process when `cancel_terminate` is on.",
     )
+
+    @field_validator("key_prefix", mode="before")
+    @classmethod
+    def _no_hash_tag_in_prefix(cls, prefix: object) -> object:
+        return validate_key_prefix(prefix) if isinstance(prefix, str) else prefix
 
     @field_validator("allowed_origins")
     @classmethod

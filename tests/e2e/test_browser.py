@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from celery_progress_ws._core.keys import KeySpace
 from tests.support.other_origin import OtherOriginSite
 from tests.support.stack import ExampleStack
 
@@ -74,7 +75,7 @@ def start_task(page: Any, kind: str, documents: int, seconds_per_document: float
 
 def stream_ids(client: redis.Redis, key_prefix: str, operation_id: str) -> list[str]:
     """Every entry id in the operation's stream, oldest first."""
-    return [entry_id for entry_id, _ in client.xrange(f"{key_prefix}operation-progress:{operation_id}")]
+    return [entry_id for entry_id, _ in client.xrange(KeySpace(key_prefix).stream(operation_id))]
 
 
 def wait_for_full_bar(card: Any) -> None:

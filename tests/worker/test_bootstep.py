@@ -12,6 +12,7 @@ import redis
 from celery import Celery
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult
+from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._worker.signals import bindings, disable_events, enable_worker_events
 from tests.support.streams import ended, kinds, progress_values, read, statuses, stream_key, wait_for
 from tests.support.worker_tasks import check_odd_value_runs, create_app
@@ -164,7 +165,7 @@ def test_apps_without_the_step_are_left_alone(redis_url: str, broker_namespace: 
         finally:
             disable_events(other)
     assert result.get() == 1
-    assert not list(redis_client.scan_iter(match=f"*operation-progress:{result.id}"))
+    assert not list(redis_client.scan_iter(match="*" + KeySpace().stream(result.id)))
     assert all(binding.publisher is not publisher for binding in bindings())
 
 
