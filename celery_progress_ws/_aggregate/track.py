@@ -17,6 +17,7 @@ from typing import Any
 import redis
 import redis.asyncio
 from celery.canvas import Signature, _chain, chord, group
+from redis.cluster import RedisCluster
 
 from .._core.clients import registration_client
 from .._core.codec import encode_entry, make_entry
@@ -41,14 +42,14 @@ def track(
     *,
     weights: Sequence[float] | None = None,
     settings: ProgressSettings | None = None,
-    client: redis.Redis | None = None,
+    client: redis.Redis | RedisCluster | None = None,
 ) -> str:
     """Apply a group, chord or chain (nesting allowed) as one aggregate operation and return its id.
 
     ``weights`` gives one positive weight per child task in canvas order (chain steps in order, a chord's header
     then its body); children weigh the same by default. ``settings`` default to ``ProgressSettings()``. The
-    registration uses ``client`` if given (its own timeouts and retries then apply), else a connection opened and
-    closed for the call.
+    registration uses ``client`` if given (its own timeouts and retries then apply; a ``RedisCluster`` works too),
+    else a connection opened and closed for the call.
     """
     settings = settings if settings is not None else ProgressSettings()
     operation_id = validate_operation_id(operation_id if operation_id is not None else uuid.uuid4().hex)
@@ -162,9 +163,12 @@ def _register(
     required: list[bool],
     weights: list[float],
     *,
-    client: redis.Redis | None = None,
+    client: redis.Redis | RedisCluster | None = None,
 ) -> None:
     """Create the hash, the child->parent keys and the ``aggregate_started`` entries in one pipelined round trip.
+
+    The pipeline is not a transaction: the hash, the stream and the live channel share the operation's slot, so
+    ``REGISTER_SCRIPT`` runs on one node of a cluster, while each child's link is a SET of its own in the child's slot.
 
     Without a ``client``, one is opened for the call (``_core.clients.registration_client``) and closed after it.
     """
@@ -195,8 +199,10 @@ def _register(
             pipe.set(keys.aggregate_parent(child), operation_id, ex=ttl)
         messages = _started_messages(settings, kind, children)
         stream = keys.stream(operation_id)
-        pipe.eval(
-            REGISTER_SCRIPT, 2, hash_key, stream, settings.stream_maxlen, ttl, keys.live(operation_id), ttl, *messages
+        live = keys.live(operation_id)
+        # As a plain command: a cluster client's pipeline has no eval() but routes EVAL by its keys like any command.
+        pipe.execute_command(
+            "EVAL", REGISTER_SCRIPT, 2, hash_key, stream, settings.stream_maxlen, ttl, live, ttl, *messages
         )
         pipe.execute()
     finally:
