@@ -14,6 +14,7 @@ from celery import Celery, group
 from celery.contrib.testing.worker import start_worker
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult, track
+from celery_progress_ws._core.keys import KeySpace
 from devtools.servers import PrivateRedis
 from tests.support.streams import Entries, ended, kinds, progress_values, statuses, wait_for
 from tests.support.worker_tasks import GATES, close_app, create_app, threads_worker
@@ -99,8 +100,8 @@ def test_a_full_buffer_drops_progress_first_and_terminal_statuses_last(
         publisher.publish("f", "status_update", {"status": "cancelled"})  # evicts a's, the oldest terminal one
         private_redis.start()
         assert publisher.flush(timeout=5)
-    held = {key.split(":")[-1] for key in private_client.scan_iter("cpws-overflow:*")}
-    assert held == {"b", "c", "e", "f"}
+    keys = KeySpace(settings.key_prefix)
+    assert set(private_client.scan_iter("cpws-overflow:*")) == {keys.stream(operation) for operation in "bcef"}
     assert [r.getMessage() for r in progress_log if "7 were dropped" in r.getMessage()]
 
 
