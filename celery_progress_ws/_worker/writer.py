@@ -18,12 +18,11 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 
 from .._core.append import Append, ConnectionAppend, ScriptAppend, WriteCall
-from .._core.clients import writer_client
+from .._core.clients import describe_url, writer_client
 from .._core.policy import terminal_status_of
 from .._core.redis_errors import OUTAGE, REDIS_FAILURES, describe
 from .._core.schemas import CHUNKING_PROGRESS
@@ -243,5 +242,4 @@ class StreamWriter:
     def _where(self) -> str:
         if self._given_client is not None:
             return repr(self._given_client)
-        parts = urlsplit(self.settings.redis_url)
-        return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+        return describe_url(self.settings.redis_url)
