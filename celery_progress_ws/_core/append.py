@@ -103,6 +103,11 @@ class CommandConnection(Protocol):
 
     def disconnect(self, *args: Any) -> None: ...
 
+    def connect(self) -> None: ...
+
+    @property
+    def is_connected(self) -> bool: ...
+
 
 class ConnectionAppend:
     """Runs script calls (``APPEND_SCRIPT`` above all) by EVALSHA on one dedicated connection, skipping redis-py's
@@ -110,7 +115,9 @@ class ConnectionAppend:
 
     Those layers (script wrapper, client dispatch, retry wrapper) cost about as much client CPU as the round trip
     itself. Like redis-py with one retry, a dropped connection is reopened once; after any connection error or timeout
-    the connection is closed, so a late reply can never be read as the answer to a later command.
+    the connection is closed, so a late reply can never be read as the answer to a later command. A closed connection
+    is reopened by its ``connect()``, which is where a Sentinel-managed connection asks the sentinels for the current
+    master (sending on a closed connection would reopen it at its last address).
     """
 
     __slots__ = ("_connection",)
@@ -133,6 +140,8 @@ class ConnectionAppend:
             raise
 
     def _run(self, call: WriteCall) -> Any:
+        if not self._connection.is_connected:
+            self._connection.connect()
         script = call.script
         arguments = (len(call.keys), *call.keys, *call.args)
         try:

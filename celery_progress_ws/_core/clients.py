@@ -1,15 +1,18 @@
 """Every Redis client the library opens is built here, from ``ProgressSettings.redis_url``: the one place that knows
 the deployment's topology and each client's timeouts and retries.
 
-The URL's scheme names the topology: ``redis://``, ``rediss://`` and ``unix://`` one server. ``redis+cluster://`` and
-``redis+sentinel://`` are recognised and refused for now: supporting one means a branch per builder below, where each
-calls ``_server_url``, and nothing elsewhere. Building a client does no I/O (it connects on first use), except for
-``writer_client``, which opens its one connection at once.
+The URL's scheme names the topology: ``redis://``, ``rediss://`` and ``unix://`` one server;
+``redis+sentinel://`` and ``rediss+sentinel://`` the current master of a Sentinel service (see ``_core.sentinel``:
+every connection asks the sentinels where the master is when it connects). ``redis+cluster://`` is recognised and
+refused for now. Each builder below makes its pool with ``_sync_pool``/``_async_pool``, the only places that branch on
+the topology. Building a client does no I/O (it connects on first use), except for ``writer_client``, which opens its
+one connection at once.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -19,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from .sentinel import SentinelTarget, async_master_pool, parse_sentinel_url, sync_master_pool
 from .settings import ProgressSettings
 
 WEB_COMMAND_CONNECTIONS = 1
@@ -44,6 +48,7 @@ _SCHEMES = {
     "unix": Topology.STANDALONE,
     "redis+cluster": Topology.CLUSTER,
     "redis+sentinel": Topology.SENTINEL,
+    "rediss+sentinel": Topology.SENTINEL,
 }
 
 
@@ -52,10 +57,15 @@ def topology_of(url: str) -> Topology:
     scheme = urlsplit(url).scheme.lower()
     topology = _SCHEMES.get(scheme)
     if topology is None:
-        raise ValueError(f"Redis URL scheme must be redis://, rediss:// or unix://, not {scheme + '://'!r}")
-    if topology is not Topology.STANDALONE:
+        raise ValueError(
+            f"Redis URL scheme must be redis://, rediss://, unix:// or redis+sentinel://, not {scheme + '://'!r}"
+        )
+    if topology is Topology.CLUSTER:
         raise ValueError(f"{scheme}:// URLs (Redis {topology.value}) are not supported yet")
-    redis.ConnectionPool.from_url(url)  # redis-py's own checks (port, database, query options); no I/O
+    if topology is Topology.SENTINEL:
+        parse_sentinel_url(url)
+    else:
+        redis.ConnectionPool.from_url(url)  # redis-py's own checks (port, database, query options); no I/O
     return topology
 
 
@@ -64,10 +74,38 @@ def validate_url(settings: ProgressSettings) -> None:
     topology_of(settings.redis_url)
 
 
-def _server_url(settings: ProgressSettings) -> str:
-    """The URL of the single server the settings name (the only topology so far)."""
-    topology_of(settings.redis_url)
-    return settings.redis_url
+def describe_url(url: str) -> str:
+    """Where ``url`` points, for log lines: ``host:port/db`` or the Sentinel service (never a password)."""
+    if topology_of(url) is Topology.SENTINEL:
+        return parse_sentinel_url(url).describe()
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "unix":
+        return parts.path
+    return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+
+
+def _sentinel(settings: ProgressSettings) -> SentinelTarget | None:
+    """The Sentinel service the settings name, ``None`` for a single server (after checking the URL)."""
+    if topology_of(settings.redis_url) is Topology.SENTINEL:
+        return parse_sentinel_url(settings.redis_url)
+    return None
+
+
+def _sync_pool(settings: ProgressSettings, **kwargs: Any) -> redis.ConnectionPool:
+    """A pool of connections (options ``kwargs``) to the server the settings name, or to the service's master."""
+    target = _sentinel(settings)
+    if target is None:
+        return redis.ConnectionPool.from_url(settings.redis_url, **kwargs)
+    return sync_master_pool(target, settings.socket_timeout_seconds, **kwargs)
+
+
+def _async_pool(settings: ProgressSettings, *, blocking: bool = False, **kwargs: Any) -> redis.asyncio.ConnectionPool:
+    """``_sync_pool`` for asyncio; ``blocking`` waits up to ``timeout`` (a kwarg) for a free connection."""
+    target = _sentinel(settings)
+    if target is None:
+        pool_class = redis.asyncio.BlockingConnectionPool if blocking else redis.asyncio.ConnectionPool
+        return pool_class.from_url(settings.redis_url, **kwargs)
+    return async_master_pool(target, settings.socket_timeout_seconds, blocking=blocking, **kwargs)
 
 
 def writer_client(settings: ProgressSettings) -> redis.Redis:
@@ -77,13 +115,18 @@ def writer_client(settings: ProgressSettings) -> redis.Redis:
     Socket and connect timeouts are the settings' socket timeout; a dropped connection is reopened once at once, a
     timeout is not retried (the writer buffers instead).
     """
-    client = redis.Redis.from_url(
-        _server_url(settings),
+    pool = _sync_pool(
+        settings,
         socket_timeout=settings.socket_timeout_seconds,
         socket_connect_timeout=settings.socket_timeout_seconds,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        single_connection_client=True,
     )
+    try:
+        client = redis.Redis(connection_pool=pool, single_connection_client=True)
+    except BaseException:
+        pool.disconnect()
+        raise
+    client.auto_close_connection_pool = True  # the pool is this client's alone
     if client.connection is None:
         raise RuntimeError("redis-py did not create the single connection it was asked for")
     return client
@@ -92,22 +135,23 @@ def writer_client(settings: ProgressSettings) -> redis.Redis:
 def registration_client(settings: ProgressSettings) -> redis.Redis:
     """A pooled client for ``track()``'s registration: its reply may take ``REGISTRATION_TIMEOUT_FACTOR`` socket
     timeouts; connecting and retrying follow redis-py's defaults."""
-    return redis.Redis.from_url(
-        _server_url(settings), socket_timeout=settings.socket_timeout_seconds * REGISTRATION_TIMEOUT_FACTOR
+    return redis.Redis.from_pool(
+        _sync_pool(settings, socket_timeout=settings.socket_timeout_seconds * REGISTRATION_TIMEOUT_FACTOR)
     )
 
 
 def watch_client(settings: ProgressSettings) -> redis.Redis:
     """The ``watch`` command's client: decoded replies, and no retry, so every failure reaches the watcher (which
     reconnects and resumes from the stream itself)."""
-    return redis.Redis.from_url(
-        _server_url(settings),
+    pool = _sync_pool(
+        settings,
         decode_responses=True,
         retry=Retry(NoBackoff(), 0),
         socket_connect_timeout=WATCH_CONNECT_TIMEOUT_SECONDS,
         socket_timeout=WATCH_SOCKET_TIMEOUT_SECONDS,
         client_name=WATCH_CLIENT_NAME,
     )
+    return redis.Redis.from_pool(pool)
 
 
 def async_command_client(settings: ProgressSettings) -> redis.asyncio.Redis:
@@ -117,15 +161,16 @@ def async_command_client(settings: ProgressSettings) -> redis.asyncio.Redis:
     Waiting for the connection is bounded by the socket timeout (then ``ConnectionError``); a dropped connection is
     retried once on a new one, a timeout is not (retrying a stalled server only doubles the wait).
     """
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        _server_url(settings),
+    pool = _async_pool(
+        settings,
+        blocking=True,
         max_connections=WEB_COMMAND_CONNECTIONS,
         timeout=settings.socket_timeout_seconds,
         socket_timeout=settings.socket_timeout_seconds,
         socket_connect_timeout=settings.socket_timeout_seconds,
         retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
-    return redis.asyncio.Redis(connection_pool=pool)
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 def async_pubsub_client(settings: ProgressSettings, commands: redis.asyncio.Redis | None = None) -> redis.asyncio.Redis:
@@ -133,8 +178,8 @@ def async_pubsub_client(settings: ProgressSettings, commands: redis.asyncio.Redi
     must be noticed). Given the app's own ``commands`` client, it connects where and how that one does."""
     never = AsyncRetry(NoBackoff(), 0, supported_errors=())
     if commands is None:
-        pool = redis.asyncio.ConnectionPool.from_url(
-            _server_url(settings),
+        pool = _async_pool(
+            settings,
             max_connections=1,
             socket_timeout=settings.socket_timeout_seconds,
             socket_connect_timeout=settings.socket_timeout_seconds,
@@ -144,4 +189,4 @@ def async_pubsub_client(settings: ProgressSettings, commands: redis.asyncio.Redi
         base = commands.connection_pool
         kwargs = {**base.connection_kwargs, "retry": never, "decode_responses": False}
         pool = redis.asyncio.ConnectionPool(connection_class=base.connection_class, max_connections=1, **kwargs)
-    return redis.asyncio.Redis(connection_pool=pool)
+    return redis.asyncio.Redis.from_pool(pool)

@@ -19,7 +19,11 @@ class ProgressSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CELERY_PROGRESS_WS_", extra="ignore", frozen=True)
 
     redis_url: str = Field(
-        default="redis://localhost:6379/0", description="Redis server that holds the progress streams."
+        default="redis://localhost:6379/0",
+        description="Redis that holds the progress streams: `redis://`, `rediss://` (TLS) or `unix://` for one "
+        "server; `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db]` (or "
+        "`rediss+sentinel://`) for the current master of a Sentinel service (port 26379 by default; the password is "
+        "the master's, the sentinels are asked without one).",
     )
     key_prefix: str = Field(
         default="",

@@ -77,7 +77,7 @@ class AggregateUpdates:
             fraction = None if held is None else held[1]
             call = self._call(keys, operation_id, child, event, fraction, error_type, message)
             result = self._writer.enqueue(call, Rank.TERMINAL if ended else Rank.EVENT)
-        self._writer.write_now(result)
+        self._writer.write_now(call, result)
 
     def progress(self, operation_id: str, child: str, fraction: float) -> PublishResult:
         """A child's progress: written at most once per throttle interval per child, the newest held value later."""
@@ -89,8 +89,9 @@ class AggregateUpdates:
                 self._wake()
             if decision is not Decision.PUBLISH:
                 return PublishResult.THROTTLED
-            result = self._writer.enqueue(self._call(keys, operation_id, child, "progress", fraction), Rank.PROGRESS)
-        return self._writer.write_now(result)
+            call = self._call(keys, operation_id, child, "progress", fraction)
+            result = self._writer.enqueue(call, Rank.PROGRESS)
+        return self._writer.write_now(call, result)
 
     def parent_of(self, task_id: str) -> str | None:
         """The aggregate a task belongs to, by one GET of its child->parent key; ``None`` while Redis is down."""

@@ -108,7 +108,7 @@ class ProgressPublisher(PublisherThread):
             if final:
                 self._forget_entries(operation_id)
             result = self._writer.enqueue(call, rank_of(entry_type, data))
-        return self._writer.write_now(result)
+        return self._writer.write_now(call, result)
 
     def progress(
         self,
@@ -181,7 +181,7 @@ class ProgressPublisher(PublisherThread):
             self._ensure_thread()
         finally:
             lock.release()
-        return self._writer.write_now(result)
+        return self._writer.write_now(call, result)
 
     def flush_operation(self, operation_id: str) -> None:
         """Write the operation's held-back progress value now, if it has one (a task ends without a status)."""

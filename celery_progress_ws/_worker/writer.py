@@ -4,7 +4,9 @@ Every entry passes through the buffer and leaves it oldest first, written by one
 the entries of an operation reach Redis in the order they were made. The buffer and the health state are guarded by a
 lock the owner passes in (it enqueues atomically with its own decisions); that lock is never held during I/O.
 After a failed write nothing but a probe (the owner's background retry, or a flush) touches the network until a write
-succeeds again, so no caller waits for an unreachable Redis more than once per outage.
+succeeds again, so no caller waits for an unreachable Redis more than once per outage. A server that answers but
+cannot take writes now (a replica's ``READONLY``, ``LOADING``, ``MASTERDOWN``...: ``_core.redis_errors.OUTAGE``) is an
+outage like an unreachable one; an entry Redis refuses for good (``WRONGTYPE``, ``OOM``...) is logged and skipped.
 """
 
 from __future__ import annotations
@@ -16,16 +18,13 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._core.append import Append, ConnectionAppend, ScriptAppend, WriteCall
-from .._core.clients import writer_client
+from .._core.clients import describe_url, writer_client
 from .._core.policy import terminal_status_of
+from .._core.redis_errors import OUTAGE, REDIS_FAILURES, describe
 from .._core.schemas import CHUNKING_PROGRESS
 from .._core.settings import ProgressSettings
 from .buffer import EntryBuffer, Rank
@@ -37,13 +36,15 @@ class PublishResult(StrEnum):
     """What happened to one published or reported entry."""
 
     SENT = "sent"
-    """Written to Redis before the call returned."""
+    """Written to Redis (accepted by a master) before the call returned."""
     THROTTLED = "throttled"
     """Held back by the throttle; the newest held value is published when the interval ends."""
     BUFFERED = "buffered"
-    """Redis is unreachable: kept in memory and written when it answers again."""
+    """Redis is unreachable or cannot take writes now (a replica, loading, no master): kept in memory and written,
+    in order, when it takes writes again."""
     DROPPED = "dropped"
-    """Redis is unreachable and the buffer is full of entries that matter more."""
+    """Not written and never will be: Redis cannot take writes and the buffer is full of entries that matter more,
+    or Redis refused this entry for good (e.g. ``WRONGTYPE``, ``OOM``: logged with the error)."""
 
 
 def rank_of(entry_type: str, data: dict[str, Any]) -> Rank:
@@ -80,21 +81,30 @@ class StreamWriter:
         self._io_lock = threading.Lock()
         self._connected: tuple[redis.Redis, Append] | None = None
         self._connected_pid = 0
+        self._awaited: dict[int, PublishResult | None] = {}
+        """``id()`` of each call a caller will ask about in ``write_now`` -> what became of it (``None``: buffered)."""
 
     def enqueue(self, call: WriteCall, rank: Rank) -> PublishResult | None:
-        """Buffer ``call`` (lock held); ``None`` means: call ``write_now()`` after releasing the lock."""
+        """Buffer ``call`` (lock held); ``None`` means: call ``write_now(call, None)`` after releasing the lock."""
         if not self.buffer.append(call, rank):
             return PublishResult.DROPPED
         if not self.healthy:
             self._on_backlog()
             return PublishResult.BUFFERED
+        self._awaited[id(call)] = None  # the caller holds ``call`` until write_now: its id names it until then
         return None
 
-    def write_now(self, result: PublishResult | None) -> PublishResult:
-        """Finish what ``enqueue`` started: drain the buffer unless the entry was already buffered or dropped."""
+    def write_now(self, call: WriteCall, result: PublishResult | None) -> PublishResult:
+        """Finish what ``enqueue`` started: drain the buffer unless the entry was already buffered or dropped, and
+        say what became of ``call`` (whichever thread wrote it)."""
         if result is not None:
             return result
-        return PublishResult.SENT if self.drain() else PublishResult.BUFFERED
+        try:
+            self.drain()
+        finally:
+            with self._lock:
+                outcome = self._awaited.pop(id(call), None)
+        return PublishResult.BUFFERED if outcome is None else outcome
 
     def drain(self, probe: bool = False) -> bool:
         """Write buffered entries oldest first; ``True`` once the buffer is empty, ``False`` if Redis failed.
@@ -114,14 +124,18 @@ class StreamWriter:
                 try:
                     append = self._connect()[1]
                     reply = append(call)
-                except (RedisConnectionError, RedisTimeoutError) as exc:
+                except OUTAGE as exc:
                     with self._lock:
                         self.buffer.put_back(call, rank)
                     self._went_down(exc)
                     return False
-                except RedisError as exc:  # not an outage (wrong key type, OOM...): retrying would not help
-                    logger.warning("celery-progress-ws: Redis refused an entry for %s: %r", call.keys[0], exc)
+                except REDIS_FAILURES as exc:  # a refusal for good (wrong key type, OOM...): retrying would not help
+                    self._settle(call, PublishResult.DROPPED)
+                    logger.warning(
+                        "celery-progress-ws: Redis refused an entry for %s (%s); skipped", call.keys[0], describe(exc)
+                    )
                 else:
+                    self._settle(call, PublishResult.SENT)
                     written += 1
                     handler = call.on_reply
                     if handler is not None:
@@ -139,11 +153,11 @@ class StreamWriter:
             try:
                 client = self._connect()[0]
                 client.ping()
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except OUTAGE as exc:
                 self._went_down(exc)
                 return False
-            except RedisError as exc:  # e.g. an ACL that forbids PING: the writes may still work
-                logger.warning("celery-progress-ws: Redis at %s refused PING: %r", self._where(), exc)
+            except REDIS_FAILURES as exc:  # e.g. an ACL that forbids PING: the writes may still work
+                logger.warning("celery-progress-ws: Redis at %s refused PING (%s)", self._where(), describe(exc))
                 return False
         self._came_back(0)
         return True
@@ -156,11 +170,11 @@ class StreamWriter:
                     return None
             try:
                 value = self._connect()[0].get(key)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except OUTAGE as exc:
                 self._went_down(exc)
                 return None
-            except RedisError as exc:
-                logger.warning("celery-progress-ws: Redis refused to read %s: %r", key, exc)
+            except REDIS_FAILURES as exc:
+                logger.warning("celery-progress-ws: Redis refused to read %s (%s)", key, describe(exc))
                 return None
         return value.encode() if isinstance(value, str) else value if isinstance(value, bytes) else None
 
@@ -188,7 +202,15 @@ class StreamWriter:
             self._connected_pid = pid
         return self._connected
 
-    def _went_down(self, exc: RedisError) -> None:
+    def _settle(self, call: WriteCall, outcome: PublishResult) -> None:
+        """Note what became of ``call`` if a caller waits to hear it (``_io_lock`` held)."""
+        key = id(call)
+        if key in self._awaited:
+            with self._lock:
+                if key in self._awaited:
+                    self._awaited[key] = outcome
+
+    def _went_down(self, exc: Exception) -> None:
         with self._lock:
             first = self.healthy
             self.healthy = False
@@ -196,11 +218,10 @@ class StreamWriter:
             self._on_backlog()
         if first:
             logger.warning(
-                "celery-progress-ws: Redis at %s is unreachable (%s: %s); keeping up to %d entries in memory and "
+                "celery-progress-ws: Redis at %s cannot take writes (%s); keeping up to %d entries in memory and "
                 "retrying every %.1f s",
                 self._where(),
-                type(exc).__name__,
-                exc,
+                describe(exc),
                 self.settings.pending_buffer_size,
                 self.settings.retry_interval_seconds,
             )
@@ -221,5 +242,4 @@ class StreamWriter:
     def _where(self) -> str:
         if self._given_client is not None:
             return repr(self._given_client)
-        parts = urlsplit(self.settings.redis_url)
-        return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+        return describe_url(self.settings.redis_url)

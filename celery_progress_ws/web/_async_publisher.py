@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from .._core.append import APPEND_SCRIPT, AppendCall, OperationAppender, channel_append
 from .._core.codec import encode_entry, make_entry
 from .._core.keys import KeySpace, validate_entry_type
 from .._core.policy import is_terminal, ttl_for
+from .._core.redis_errors import REDIS_FAILURES
 from .._core.settings import ProgressSettings
 from .._core.throttle import Decision, Throttle
 
@@ -161,7 +161,7 @@ class AsyncProgressPublisher:
         call = OperationAppender(self.keys, pending.operation_id, maxlen=maxlen)(pending.message, ttl=pending.ttl)
         try:
             await self._append(call)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             if self._on_failure is None:
                 logger.warning("Trailing progress of %s not written: %s", pending.operation_id, exc)
             else:

@@ -14,12 +14,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from .._core.clients import async_command_client, async_pubsub_client
 from .._core.codec import make_entry
 from .._core.keys import validate_channel, validate_entry_type, validate_operation_id
+from .._core.redis_errors import REDIS_FAILURES
 from .._core.schemas import CHUNKING_PROGRESS
 from .._core.settings import ProgressSettings
 from .._core.streams import Topic, TopicKind
@@ -119,7 +119,7 @@ class ProgressManager:
             return
         self._closed = True
         await self._exit_watch.stop()
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_FAILURES):
             await self._publisher.aclose()
         await self._connections.close_all(*close.SHUTDOWN)
         await self._user_count.stop()
@@ -190,7 +190,7 @@ class ProgressManager:
         validate_entry_type(update_type)
         try:
             await self._publisher.publish(operation_id, update_type, data, throttle=throttle, throttle_key=throttle_key)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             logger.warning(
                 "Writing %s of %s to Redis failed (%s); sending to local clients only", update_type, operation_id, exc
             )
@@ -232,7 +232,7 @@ class ProgressManager:
         topic = Topic(TopicKind.CHANNEL, validate_channel(channel))
         try:
             await self._publisher.publish_to_channel(channel, entry)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("Writing to channel %s failed (%s); sending to local clients only", channel, exc)
             self._hub.broadcast(topic, entry)
 
@@ -263,7 +263,7 @@ class ProgressManager:
         stream = self._publisher.keys.stream(operation_id)
         try:
             await self.redis.delete(stream)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("Deleting the stream of %s failed: %s", operation_id, exc)
 
     async def cleanup_operation_channel(self, operation_id: str) -> None:

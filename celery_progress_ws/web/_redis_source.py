@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._core.codec import decode_live
 from .._core.errors import MalformedEntry, SourceUnavailable
 from .._core.keys import KeySpace
+from .._core.redis_errors import OUTAGE
 from .._core.settings import ProgressSettings
 from .._core.streams import RawEntry, SourceListener, StreamInfo, Topic, TopicKind, raw_entry, stream_info
 from ._stall import StallGuard
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 """What a lost or unreachable Redis raises."""
+UNREADABLE: tuple[type[Exception], ...] = (*OUTAGE, OSError)
+"""What a read raises while Redis cannot answer it now: unreachable, loading, or a replica without its master."""
 SUBSCRIBE_CHUNK = 256
 BACKOFF_FIRST_SECONDS = 0.05
 
@@ -163,7 +166,7 @@ class RedisSource:
     async def _read(self, topic: Topic, command: Any) -> list[RawEntry]:
         try:
             rows = await self._guard.run(command)
-        except DOWN as exc:
+        except UNREADABLE as exc:
             raise SourceUnavailable("reading the stream failed") from exc
         except ResponseError as exc:  # e.g. a key of another type under the stream's name
             # Once per process at WARNING: whatever causes it must not log once per connection.
@@ -177,7 +180,7 @@ class RedisSource:
         stream = self._stream(topic)
         try:
             raw = await self._guard.run(lambda: self._commands.xinfo_stream(stream))
-        except DOWN as exc:
+        except UNREADABLE as exc:
             raise SourceUnavailable("XINFO failed") from exc
         except ResponseError:  # no such key (or not a stream)
             return None

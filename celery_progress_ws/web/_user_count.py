@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from .._core.keys import KeySpace
+from .._core.redis_errors import REDIS_FAILURES
 from ._tasks import stop_task
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class RedisUserCount:
         if not self._degraded:  # in degraded mode the renewal loop probes Redis, not every connect
             try:
                 counted = await self._acquire(keys=[key], args=[connection_id, self._limit, self._lease_ms])
-            except RedisError as exc:
+            except REDIS_FAILURES as exc:
                 self._set_degraded(exc)
             else:
                 if not counted:
@@ -106,7 +107,7 @@ class RedisUserCount:
             return
         try:
             await self._redis.zrem(key, connection_id)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             self._released.setdefault(key, set()).add(connection_id)
             self._set_degraded(exc)
 
@@ -124,7 +125,7 @@ class RedisUserCount:
             except NoScriptError:  # Redis restarted or flushed its script cache
                 await self._redis.script_load(RENEW_SCRIPT)
                 await self._send(held, released)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             for key, members in released.items():
                 self._released.setdefault(key, set()).update(members)
             self._set_degraded(exc)
@@ -165,7 +166,7 @@ class RedisUserCount:
             except Exception:  # a task boundary: keep renewing whatever went wrong once
                 logger.exception("Renewing connection leases failed")
 
-    def _set_degraded(self, exc: RedisError) -> None:
+    def _set_degraded(self, exc: Exception) -> None:
         if not self._degraded:
             logger.warning("Redis unreachable for per-user connection counts (%s); limits are per process now", exc)
         self._degraded = True

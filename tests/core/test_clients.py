@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings
 from celery_progress_ws._core import clients
+from celery_progress_ws._core.sentinel import parse_sentinel_url
 from celery_progress_ws.web import ProgressManager
 from devtools.servers import PrivateRedis
 
@@ -97,10 +100,9 @@ def test_single_server_urls_are_standalone(url: str) -> None:
     assert clients.topology_of(url) is clients.Topology.STANDALONE
 
 
-@pytest.mark.parametrize("url", ["redis+cluster://h:7000", "redis+sentinel://h:26379/mymaster"])
-def test_cluster_and_sentinel_urls_are_refused_by_every_caller(url: str) -> None:
-    """Cluster and Sentinel URLs are recognised but refused (ValueError) by the publisher, the manager and track."""
-    settings = ProgressSettings(redis_url=url)
+def test_cluster_urls_are_refused_by_every_caller() -> None:
+    """Cluster URLs are recognised but refused (ValueError) by the publisher, the manager and track."""
+    settings = ProgressSettings(redis_url="redis+cluster://h:7000")
     with pytest.raises(ValueError, match="not supported yet"):
         ProgressPublisher(settings)
     with pytest.raises(ValueError, match="not supported yet"):
@@ -128,3 +130,61 @@ def test_a_given_client_needs_no_valid_url() -> None:
         ProgressPublisher(ProgressSettings(redis_url="redis+cluster://h:7000"), client=given)
     finally:
         given.close()
+
+
+def test_a_sentinel_url_names_its_sentinels_service_database_and_master_credentials() -> None:
+    """Several sentinels (default port 26379, IPv6 in brackets), the service, the database and the master's password."""
+    target = parse_sentinel_url("rediss+sentinel://:p%40ss@h1:26380,h2,[::1]:26381/my-master/3")
+    assert target.sentinels == (("h1", 26380), ("h2", 26379), ("::1", 26381))
+    assert (target.service_name, target.db, target.username, target.password, target.ssl) == (
+        "my-master",
+        3,
+        None,
+        "p@ss",
+        True,
+    )
+    plain = parse_sentinel_url("redis+sentinel://user:pw@h:1/svc")
+    assert (plain.db, plain.username, plain.password, plain.ssl) == (0, "user", "pw", False)
+    assert clients.topology_of("redis+sentinel://h/svc") is clients.Topology.SENTINEL
+    assert "pw" not in clients.describe_url("redis+sentinel://user:pw@h:1/svc")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+sentinel://h:26379", "path is /service_name"),
+        ("redis+sentinel://h:26379/", "path is /service_name"),
+        ("redis+sentinel://h:26379/svc/x", "database must be"),
+        ("redis+sentinel://h:26379/svc/0/extra", "path is /service_name"),
+        ("redis+sentinel:///svc", "at least one sentinel"),
+        ("redis+sentinel://h:0/svc", "no valid port"),
+        ("redis+sentinel://h:1,:2/svc", "has no host"),
+        ("redis+sentinel://h:1/svc?db=1", "no query options"),
+        ("redis+sentinel://h:1/my%20svc", "white space"),
+    ],
+)
+def test_a_malformed_sentinel_url_is_a_value_error_saying_what_is_wrong(url: str, problem: str) -> None:
+    """Every part of a Sentinel URL is checked when the publisher or the manager is built."""
+    with pytest.raises(ValueError, match=problem):
+        ProgressPublisher(ProgressSettings(redis_url=url))
+    with pytest.raises(ValueError, match=problem):
+        ProgressManager(ProgressSettings(redis_url=url))
+
+
+async def test_every_client_of_a_sentinel_url_connects_through_the_sentinels() -> None:
+    """Each builder's pool is a Sentinel master pool keeping the options the builder sets (and the URL's database)."""
+    settings = SETTINGS.model_copy(update={"redis_url": "redis+sentinel://127.0.0.1:1/svc/2"})
+    sync_clients = [clients.registration_client(settings), clients.watch_client(settings)]
+    for client in sync_clients:
+        assert isinstance(client.connection_pool, redis.sentinel.SentinelConnectionPool)
+        assert (client.connection_pool.service_name, client.connection_pool.connection_kwargs["db"]) == ("svc", 2)
+        client.close()
+    command = clients.async_command_client(settings)
+    pubsub = clients.async_pubsub_client(settings)
+    for pool in (command.connection_pool, pubsub.connection_pool):
+        assert isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool)
+    assert isinstance(command.connection_pool, redis.asyncio.BlockingConnectionPool)
+    assert (command.connection_pool.max_connections, command.connection_pool.timeout) == (1, 0.7)
+    assert retry_of(pubsub.connection_pool.connection_kwargs) == (0, (), NoBackoff)
+    await command.aclose()
+    await pubsub.aclose()
