@@ -35,7 +35,6 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
-from prometheus_client import CollectorRegistry
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, report_progress
 from celery_progress_ws._core import metrics
@@ -158,9 +157,7 @@ def run(url: str, rounds: int, quick: bool, with_metrics: bool = False) -> tuple
                 measure.apply()  # warm-up: connections, script load, code paths
                 for _ in range(rounds):
                     for suffix in ("", "+metrics") if with_metrics else ("",):
-                        metrics.worker = (
-                            metrics.WorkerMetrics(CollectorRegistry()) if suffix else metrics.NO_WORKER_METRICS
-                        )
+                        metrics.worker = metrics.WorkerMetrics(_registry()) if suffix else metrics.NO_WORKER_METRICS
                         publisher._writer.close()  # the next write reconnects, counted or not
                         for name, value in measure.apply().get().items():
                             results.setdefault(name + suffix, []).append(value)
@@ -173,6 +170,13 @@ def run(url: str, rounds: int, quick: bool, with_metrics: bool = False) -> tuple
             client.delete(*keys)
         client.close()
     return results, calls
+
+
+def _registry() -> Any:
+    """A registry of its own for the worker metrics (``--metrics`` needs the metrics extra)."""
+    from prometheus_client import CollectorRegistry
+
+    return CollectorRegistry()
 
 
 def render(results: Results, calls: dict[str, int], url: str, rounds: int) -> str:
