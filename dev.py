@@ -21,7 +21,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".installed-from"
-EXTRAS = "web,cli,hiredis,test,dev,docs"
+EXTRAS = "web,cli,hiredis,metrics,test,dev,docs"
 NODE_TOOLS = VENV / "node-tools"
 SYSTEM_PACKAGES = {"chromium": "chromium", "nodejs": "node", "npm": "npm"}
 """Debian packages the tests use, each with the command that shows it is installed."""

@@ -12,6 +12,7 @@ Every case runs inside a real task context (an eagerly applied task of an app wi
 
     .venv/bin/python benchmarks/bench_publish.py                              # print the table
     .venv/bin/python benchmarks/bench_publish.py --write docs/benchmarks.md   # and update its section there
+    .venv/bin/python benchmarks/bench_publish.py --quick --metrics            # each case without and with metrics
 
 Redis: ``CELERY_PROGRESS_WS_REDIS_URL`` or redis://127.0.0.1:6379/0; every key it writes is under a unique prefix and
 deleted at the end.
@@ -36,6 +37,7 @@ import redis
 from celery import Celery, Task
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, report_progress
+from celery_progress_ws._core import metrics
 from celery_progress_ws._worker.signals import disable_events, enable_worker_events
 
 HEADING = "## Worker half: cost of a progress call"
@@ -121,8 +123,12 @@ def _sample_data() -> dict[str, Any]:
 Results = dict[str, list[tuple[float, float]]]
 
 
-def run(url: str, rounds: int, quick: bool) -> tuple[Results, dict[str, int]]:
-    """All rounds; returns each case's (wall, CPU) seconds per call, one pair per round."""
+def run(url: str, rounds: int, quick: bool, with_metrics: bool = False) -> tuple[Results, dict[str, int]]:
+    """All rounds; returns each case's (wall, CPU) seconds per call, one pair per round.
+
+    ``with_metrics``: every round runs twice, without and then with the worker metrics on (in a registry of their
+    own); the second run's cases are named ``<case>+metrics``.
+    """
     prefix = f"cpws-bench:{uuid.uuid4().hex[:10]}:"
     scale = 10 if quick else 1
     calls = {
@@ -150,9 +156,13 @@ def run(url: str, rounds: int, quick: bool) -> tuple[Results, dict[str, int]]:
             try:
                 measure.apply()  # warm-up: connections, script load, code paths
                 for _ in range(rounds):
-                    for name, value in measure.apply().get().items():
-                        results[name].append(value)
+                    for suffix in ("", "+metrics") if with_metrics else ("",):
+                        metrics.worker = metrics.WorkerMetrics(_registry()) if suffix else metrics.NO_WORKER_METRICS
+                        publisher._writer.close()  # the next write reconnects, counted or not
+                        for name, value in measure.apply().get().items():
+                            results.setdefault(name + suffix, []).append(value)
             finally:
+                metrics.worker = metrics.NO_WORKER_METRICS
                 disable_events(app)
     finally:
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
@@ -160,6 +170,13 @@ def run(url: str, rounds: int, quick: bool) -> tuple[Results, dict[str, int]]:
             client.delete(*keys)
         client.close()
     return results, calls
+
+
+def _registry() -> Any:
+    """A registry of its own for the worker metrics (``--metrics`` needs the metrics extra)."""
+    from prometheus_client import CollectorRegistry
+
+    return CollectorRegistry()
 
 
 def render(results: Results, calls: dict[str, int], url: str, rounds: int) -> str:
@@ -256,12 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=9, help="repetitions of every case (default 9)")
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls per round, for a smoke run")
+    parser.add_argument("--metrics", action="store_true", help="also run every round with the worker metrics on")
     parser.add_argument("--write", type=Path, metavar="MARKDOWN", help="also update this file's worker-half section")
     args = parser.parse_args(argv)
     url = os.environ.get("CELERY_PROGRESS_WS_REDIS_URL", "redis://127.0.0.1:6379/0")
-    results, calls = run(url, args.rounds, args.quick)
-    section = render(results, calls, url, args.rounds)
+    results, calls = run(url, args.rounds, args.quick, args.metrics)
+    section = render({name: values for name, values in results.items() if "+" not in name}, calls, url, args.rounds)
     sys.stdout.write(section)
+    if args.metrics:
+        sys.stdout.write("\nMedian wall µs per call, worker metrics off / on:\n")
+        for name in calls:
+            off, on = (statistics.median(w for w, _ in results[key]) * 1e6 for key in (name, name + "+metrics"))
+            sys.stdout.write(f"  {name:13} {off:9.3f} {on:9.3f}  ({(on / off - 1) * 100:+.1f} %)\n")
     if args.write:
         write_section(args.write, section)
     return 0

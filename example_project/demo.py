@@ -73,6 +73,7 @@ class Demo:
         )
         self._wait_for_web()
         print(f"Web app: http://127.0.0.1:{self.port}/   (logs in {LOGS})")
+        print(f"Metrics: http://127.0.0.1:{self.port}/progress/metrics   health: /progress/health")
 
     def _spawn(self, name: str, *args: str) -> None:
         log = LOGS / f"{name}.log"

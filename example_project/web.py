@@ -79,7 +79,9 @@ def create_app(settings: ProgressSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="celery-progress-ws demo", lifespan=lifespan)
     app.include_router(
-        create_progress_router(manager, get_user_id=current_user_id, authorize=may_view, celery_app=celery_app),
+        create_progress_router(
+            manager, get_user_id=current_user_id, authorize=may_view, celery_app=celery_app, metrics=True
+        ),
         prefix="/progress",
     )
 

@@ -50,10 +50,11 @@ APPEND = LuaScript(APPEND_SCRIPT)
 
 @dataclass(frozen=True, slots=True)
 class AppendCall:
-    """Keys and arguments of one APPEND_SCRIPT call."""
+    """Keys and arguments of one APPEND_SCRIPT call, and the ``type`` label its entry is counted under."""
 
     keys: list[str]
     args: list[str | int]
+    kind: str = "event"
     script: ClassVar[LuaScript] = APPEND
     on_reply: ClassVar[None] = None
 
@@ -85,8 +86,8 @@ class OperationAppender:
         self._live = keys.live(operation_id)
         self._maxlen = maxlen
 
-    def __call__(self, message: str, *, ttl: int) -> AppendCall:
-        return AppendCall([self._stream], [self._maxlen, message, ttl, self._live])
+    def __call__(self, message: str, *, ttl: int, kind: str = "event") -> AppendCall:
+        return AppendCall([self._stream], [self._maxlen, message, ttl, self._live], kind)
 
 
 def channel_append(keys: KeySpace, channel: str, message: str, *, ttl: int, maxlen: int) -> AppendCall:

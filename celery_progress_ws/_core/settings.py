@@ -111,6 +111,14 @@ class ProgressSettings(BaseSettings):
         description="Signal sent to a running task's process when `cancel_terminate` is on.",
     )
 
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port on which a Celery worker's main process serves the Prometheus metrics of all its processes "
+        "(needs the `metrics` extra); unset: no endpoint. See docs/operating.md.",
+    )
+
     @field_validator("key_prefix", mode="before")
     @classmethod
     def _no_hash_tag_in_prefix(cls, prefix: object) -> object:

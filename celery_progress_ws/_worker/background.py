@@ -41,6 +41,9 @@ class PublisherThread(PublisherEntries):
     _generation: int
     """Counts the threads ended in this process; a thread runs while its generation is the current one."""
 
+    def _fold(self) -> None:
+        """Hand the hot path's plain counts to the metrics (see ``ProgressPublisher._fold``)."""
+
     def _on_backlog(self) -> None:
         """Entries wait for a Redis that is down, or aggregate work got due earlier: make sure the thread looks
         (lock held)."""
@@ -97,6 +100,7 @@ class PublisherThread(PublisherEntries):
             write = writer.healthy and len(writer.buffer) > 0
         if retry or write:
             writer.drain(probe=retry)
+        self._fold()
         if _monotonic() >= sweep_at:
             sweep_at = _monotonic() + IDLE_SWEEP_SECONDS
             self._forget_idle()

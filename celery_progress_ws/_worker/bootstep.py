@@ -2,18 +2,23 @@
 
 A thin adapter: it reads the settings (``app.conf.celery_progress_ws``, else ``CELERY_PROGRESS_WS_*``), creates the
 publisher, connects the signal handlers before the pool forks (children inherit them), and flushes and closes the
-publisher when the worker shuts down.
+publisher when the worker shuts down. With ``metrics_port`` it serves the worker's metrics (see ``metrics``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import bootsteps, signals
 
+from .._core import metrics
+from .metrics import WorkerExporter
 from .publisher import ProgressPublisher
 from .reporting import set_default_publisher
 from .signals import disable_events, enable_worker_events, settings_for_app
+
+logger = logging.getLogger(__name__)
 
 
 class ProgressBootstep(bootsteps.StartStopStep):
@@ -29,10 +34,17 @@ class ProgressBootstep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.publisher: ProgressPublisher | None = None
         self._previous_default: ProgressPublisher | None = None
+        self.exporter: WorkerExporter | None = None
 
     def create(self, parent: Any) -> None:
         """Runs while the worker is assembled, before any pool child is forked."""
-        self.publisher = ProgressPublisher(settings_for_app(parent.app))
+        settings = settings_for_app(parent.app)
+        if settings.metrics_port is not None and self.exporter is None:
+            if metrics.AVAILABLE:
+                self.exporter = WorkerExporter(settings.metrics_port)
+            else:
+                logger.warning("celery-progress-ws: metrics_port is set but prometheus_client is not installed")
+        self.publisher = ProgressPublisher(settings)
         enable_worker_events(parent.app, self.publisher)
         self._previous_default = set_default_publisher(self.publisher)
         signals.worker_shutdown.connect(self._on_worker_shutdown, sender=parent, weak=False)
@@ -60,10 +72,13 @@ class ProgressBootstep(bootsteps.StartStopStep):
         publisher, self.publisher = self.publisher, None
         if publisher is None:
             return
+        exporter, self.exporter = self.exporter, None
         replaced = set_default_publisher(self._previous_default)
         if replaced is not publisher:  # someone installed another default meanwhile: leave theirs
             set_default_publisher(replaced)
         publisher.close(self._timeout(publisher))
+        if exporter is not None:
+            exporter.close()
 
     def _timeout(self, publisher: ProgressPublisher | None = None) -> float:
         publisher = publisher or self.publisher

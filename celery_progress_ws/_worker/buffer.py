@@ -27,7 +27,7 @@ class Rank(IntEnum):
 class EntryBuffer(Generic[T]):
     """A FIFO of at most ``capacity`` items that evicts by rank, then age. Not thread-safe: the owner locks it."""
 
-    __slots__ = ("_items", "capacity", "dropped")
+    __slots__ = ("_items", "capacity", "dropped", "dropped_total")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -35,12 +35,15 @@ class EntryBuffer(Generic[T]):
         self.capacity = capacity
         self.dropped = 0
         """How many items were evicted or refused since the owner last reset it."""
+        self.dropped_total = 0
+        """How many items were evicted or refused in all (never reset)."""
         self._items: deque[tuple[T, Rank]] = deque()
 
     def append(self, item: T, rank: Rank) -> bool:
         """Add ``item`` last; return ``False`` if it was refused because everything buffered outranks it."""
         if len(self._items) >= self.capacity and not self._evict(rank):
             self.dropped += 1
+            self.dropped_total += 1
             return False
         self._items.append((item, rank))
         return True
@@ -63,6 +66,7 @@ class EntryBuffer(Generic[T]):
         index = next(index for index, (_, rank) in enumerate(self._items) if rank == lowest)
         del self._items[index]
         self.dropped += 1
+        self.dropped_total += 1
         return True
 
     def __len__(self) -> int:

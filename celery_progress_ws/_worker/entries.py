@@ -12,6 +12,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from .._core import metrics
 from .._core.append import AppendCall, OperationAppender
 from .._core.codec import encode_entry, make_entry
 from .._core.errors import ProgressError
@@ -40,21 +41,22 @@ class PublisherEntries:
     """The appender of each recent operation (at most ``MAX_CACHED_OPERATIONS``)."""
     _writer: StreamWriter
 
-    def _call(self, operation_id: str, message: str, ttl: int) -> AppendCall:
-        """The append call of one entry; keys are validated once per operation (InvalidOperationId on the first)."""
+    def _call(self, operation_id: str, message: str, ttl: int, kind: str) -> AppendCall:
+        """The append call of one entry counted as ``kind``; keys are validated once per operation
+        (InvalidOperationId on the first)."""
         appender = self._appenders.get(operation_id)
         if appender is None:
             if len(self._appenders) >= MAX_CACHED_OPERATIONS:
                 self._appenders.clear()
             appender = OperationAppender(self._keys, operation_id, maxlen=self.settings.stream_maxlen)
             self._appenders[operation_id] = appender
-        return appender(message, ttl=ttl)
+        return appender(message, ttl=ttl, kind=kind)
 
     def _progress_call(self, operation_id: str, raw: RawProgress, timestamp: str | None = None) -> AppendCall:
         """The append call of a progress report, rendered with the operation's rate and ETA (lock held)."""
         data = self._meter.render(operation_id, raw)
         message = encode_entry(make_entry(CHUNKING_PROGRESS, data, timestamp), self.settings.max_entry_bytes)
-        return self._call(operation_id, message, self.settings.stream_ttl_seconds)
+        return self._call(operation_id, message, self.settings.stream_ttl_seconds, CHUNKING_PROGRESS)
 
     def _enqueue_trailing(self, operation_id: str, raw: RawProgress) -> None:
         """Buffer a held-back value (lock held); one that cannot be encoded is logged and skipped, never raised.
@@ -65,8 +67,10 @@ class PublisherEntries:
         try:
             self._writer.buffer.append(self._progress_call(operation_id, raw, _wall_clock(raw[4])), Rank.PROGRESS)
         except ProgressError as exc:
+            metrics.worker.dropped(metrics.drop_reason(exc))
             logger.warning("celery-progress-ws: skipped a held-back progress value of %s: %s", operation_id, exc)
         except Exception:
+            metrics.worker.dropped("invalid")
             logger.exception("celery-progress-ws: skipped a held-back progress value of %s", operation_id)
 
     def _forget_entries(self, operation_id: str) -> None:

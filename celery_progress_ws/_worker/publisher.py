@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 
+from .._core import metrics
 from .._core.clients import validate_url
 from .._core.codec import encode_entry, make_entry
 from .._core.errors import InvalidOperationId
@@ -76,6 +77,10 @@ class ProgressPublisher(PublisherThread):
         self._aggregates = AggregateUpdates(self.settings, self._writer, self._lock, self._on_backlog)
         self._thread: threading.Thread | None = None
         self._generation = 0
+        self._throttled = 0
+        """Reports held back by the throttle: a plain int on the hot path, handed to the metrics by ``_fold``."""
+        self._folded = (0, 0, 0)
+        """(throttled, buffer drops, buffered) as last handed to the metrics."""
 
     @property
     def healthy(self) -> bool:
@@ -100,7 +105,8 @@ class ProgressPublisher(PublisherThread):
         forgotten; the held-back value written first never raises (one that cannot be encoded is logged and skipped).
         """
         message = encode_entry(make_entry(entry_type, data), self.settings.max_entry_bytes)
-        call = self._call(operation_id, message, ttl_for(self.settings, entry_type, data))
+        ttl = ttl_for(self.settings, entry_type, data)
+        call = self._call(operation_id, message, ttl, metrics.entry_kind(entry_type))
         with self._lock:
             raw = self._throttle.forget(operation_id) if final else self._throttle.take_pending(operation_id)
             if raw is not None:
@@ -108,7 +114,9 @@ class ProgressPublisher(PublisherThread):
             if final:
                 self._forget_entries(operation_id)
             result = self._writer.enqueue(call, rank_of(entry_type, data))
-        return self._writer.write_now(call, result)
+        result = self._writer.write_now(call, result)
+        self._fold()
+        return result
 
     def progress(
         self,
@@ -159,14 +167,17 @@ class ProgressPublisher(PublisherThread):
         raw = (current, total, message, fields, now)
         publish_now = force or current == total
         if not publish_now and self._throttle.keep(operation_id, raw, now):
+            self._throttled += 1
             return _THROTTLED
         lock = self._lock
         lock.acquire()
         try:
             decision = self._throttle.offer(operation_id, raw, publish_now, now)
             if decision is _KEPT:
+                self._throttled += 1
                 return _THROTTLED
             if decision is _SCHEDULE:
+                self._throttled += 1
                 self._ensure_thread()
                 self._wakeup.notify()
                 return _THROTTLED
@@ -181,7 +192,25 @@ class ProgressPublisher(PublisherThread):
             self._ensure_thread()
         finally:
             lock.release()
-        return self._writer.write_now(call, result)
+        result = self._writer.write_now(call, result)
+        self._fold()
+        return result
+
+    def _fold(self) -> None:
+        """Hand what the hot path counted in plain ints to the metrics; called after writes and by the background
+        thread (a held-back report always leaves a value that thread writes), never on the path of a dropped report."""
+        with self._lock:
+            now = (self._throttled, self._writer.buffer.dropped_total, len(self._writer.buffer))
+            before, self._folded = self._folded, now
+        if now == before:
+            return
+        worker = metrics.worker
+        if now[0] != before[0]:
+            worker.throttled(now[0] - before[0])
+        if now[1] != before[1]:
+            worker.dropped("buffer_full", now[1] - before[1])
+        if now[2] != before[2]:
+            worker.buffered(now[2])
 
     def flush_operation(self, operation_id: str) -> None:
         """Write the operation's held-back progress value now, if it has one (a task ends without a status)."""
@@ -191,6 +220,7 @@ class ProgressPublisher(PublisherThread):
                 return
             self._enqueue_trailing(operation_id, raw)
         self._writer.drain()
+        self._fold()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Publish every held-back progress value (aggregate updates included) now and write all buffered entries;
@@ -207,10 +237,12 @@ class ProgressPublisher(PublisherThread):
                     self._enqueue_trailing(operation_id, raw)
             self._aggregates.enqueue_due(everything=True)
         while not self._writer.drain(probe=True):
+            self._fold()
             remaining = deadline - _monotonic()
             if remaining <= 0:
                 return False
             time.sleep(min(max(self.settings.retry_interval_seconds, 0.01), remaining))
+        self._fold()
         return True
 
     def check(self) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Celery, Task, signals
 
+from .._core import metrics
 from .._core.errors import EntryTooLarge, ProgressError
 from .._core.schemas import STATUS_UPDATE, TaskStatus
 from .._core.settings import ProgressSettings
@@ -126,6 +127,7 @@ def _status(
             data = {"status": status.value, "task_name": task_name, "message": message[:200]}
             publisher.publish(task_id, STATUS_UPDATE, data, final=final)
     except ProgressError as exc:  # a custom task id that cannot be a key, or a tiny max_entry_bytes
+        metrics.worker.dropped(metrics.drop_reason(exc))
         logger.warning("celery-progress-ws: no %s entry for task %s: %s", status.value, task_id, exc)
     except Exception:  # a signal handler that raises would reach Celery: a task never fails because of progress
         logger.exception("celery-progress-ws: no %s entry for task %s", status.value, task_id)

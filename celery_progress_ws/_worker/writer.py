@@ -21,13 +21,15 @@ from typing import Any
 
 import redis
 
-from .._core.append import Append, ConnectionAppend, ScriptAppend, WriteCall
+from .._core import metrics
+from .._core.append import ConnectionAppend, ScriptAppend, WriteCall
 from .._core.clients import describe_url, writer_client
 from .._core.policy import terminal_status_of
 from .._core.redis_errors import OUTAGE, REDIS_FAILURES, describe
 from .._core.schemas import CHUNKING_PROGRESS
 from .._core.settings import ProgressSettings
 from .buffer import EntryBuffer, Rank
+from .metrics import Runner, metered
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class StreamWriter:
         self._lock = lock
         self._on_backlog = on_backlog
         self._io_lock = threading.Lock()
-        self._connected: tuple[redis.Redis, Append] | None = None
+        self._connected: tuple[redis.Redis, Runner] | None = None
         self._connected_pid = 0
         self._awaited: dict[int, PublishResult | None] = {}
         """``id()`` of each call a caller will ask about in ``write_now`` -> what became of it (``None``: buffered)."""
@@ -185,7 +187,7 @@ class StreamWriter:
                 self._connected[0].close()
             self._connected = None
 
-    def _connect(self) -> tuple[redis.Redis, Append]:
+    def _connect(self) -> tuple[redis.Redis, Runner]:
         """This process's client and script runner, created on first use (``_io_lock`` held; may raise).
 
         Our own client holds a single connection that the runner drives directly: writes are serialised by
@@ -194,11 +196,11 @@ class StreamWriter:
         pid = os.getpid()
         if self._connected is None or self._connected_pid != pid:
             if self._given_client is not None:
-                self._connected = (self._given_client, ScriptAppend(self._given_client))
+                self._connected = (self._given_client, metered(ScriptAppend(self._given_client)))
             else:
                 client = writer_client(self.settings)
                 assert client.connection is not None  # writer_client checks it
-                self._connected = (client, ConnectionAppend(client.connection))
+                self._connected = (client, metered(ConnectionAppend(client.connection)))
             self._connected_pid = pid
         return self._connected
 
@@ -214,6 +216,7 @@ class StreamWriter:
         with self._lock:
             first = self.healthy
             self.healthy = False
+            metrics.worker.redis_up(False)
             self.retry_at = time.monotonic() + self.settings.retry_interval_seconds
             self._on_backlog()
         if first:
@@ -231,6 +234,7 @@ class StreamWriter:
             if self.healthy:
                 return
             self.healthy = True
+            metrics.worker.reconnected()
             dropped, self.buffer.dropped = self.buffer.dropped, 0
         logger.info(
             "celery-progress-ws: Redis at %s answers again; wrote %d buffered entries, %d were dropped meanwhile",

@@ -16,6 +16,7 @@ from .._core.errors import UserLimitExceeded
 from .._core.streams import Topic
 from . import _close_codes as close
 from ._hub import Hub
+from ._metrics import WebTally
 from ._registry import ConnectionKey, ConnectionRegistry, SharedUserCount
 from ._session import CLOSE_TIMEOUT_SECONDS, Phase, Session
 from ._tasks import stop_task
@@ -33,8 +34,10 @@ class Connections:
         max_total: int,
         shared: SharedUserCount | None = None,
         close_timeout: float = CLOSE_TIMEOUT_SECONDS,
+        tally: WebTally | None = None,
     ) -> None:
         self._hub = hub
+        self._tally = tally if tally is not None else WebTally()
         self._capacity = capacity
         self.close_timeout = close_timeout
         self._shared = shared
@@ -56,6 +59,7 @@ class Connections:
             on_closing=self._detach_soon,
         )
         self.registry.add(session.key, session)
+        self._tally.opened(stream, topic.kind)
         if self._shared is not None:
             await self._count_shared(session, self._shared)
         return session
@@ -105,7 +109,8 @@ class Connections:
         if session.ended:  # ended by another caller meanwhile
             return
         session.phase = Phase.ENDED
-        self.registry.remove(session.key, session)
+        if self.registry.remove(session.key, session):
+            self._tally.opened(session.stream, session.key.kind, -1)
         lease, session.lease = session.lease, None
         if lease is not None and self._shared is not None:
             await self._shared.release(session.key.user_id, lease)
@@ -128,6 +133,8 @@ class Connections:
 
     def _detach_soon(self, session: Session) -> None:
         """``CLOSING`` began (inside a synchronous offer or close): detach from the hub in a task of its own."""
+        if session.outbox.close_code == close.TOO_SLOW.code:
+            self._tally.slow_closes += 1
         task = asyncio.get_running_loop().create_task(self._hub.detach(session.subscriber))
         self._detaching.add(task)
         task.add_done_callback(self._detaching.discard)

@@ -19,6 +19,7 @@ from .._core.errors import ConnectionRefused
 from .._core.streams import Topic, TopicKind
 from . import _close_codes as close
 from ._connections import Connections
+from ._metrics import WebTally, refusal_reason
 from ._outbox import Outgoing
 from ._registry import ConnectionKey
 from ._session import Session
@@ -31,9 +32,12 @@ logger = logging.getLogger(__name__)
 class Gateway:
     """Opens and ends the sessions of one process' WebSockets and event streams."""
 
-    def __init__(self, connections: Connections, startup: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, connections: Connections, startup: Callable[[], Awaitable[None]], tally: WebTally | None = None
+    ) -> None:
         """``startup`` starts live delivery (a no-op once started); the first session to open calls it."""
         self._connections = connections
+        self.tally = tally if tally is not None else WebTally()
         self._startup = startup
         self._exiting = False
         self.get_operation: OperationGetter | None = None
@@ -53,7 +57,7 @@ class Gateway:
             await self._connections.end(session)
             raise
         session.websocket = websocket
-        session.start_sender(WebSocketTransport(websocket))
+        session.start_sender(WebSocketTransport(websocket, self.tally))
         self._connections.attach(session)
         logger.info("%s connected (%d in this process)", session.key, len(self._connections))
         return session
@@ -103,7 +107,11 @@ class Gateway:
         await self._startup()
         if last_event_id is not None and not is_valid_stream_id(last_event_id):
             raise ValueError(f"last_event_id {last_event_id[:50]!r} is not a stream id such as 1700000000000-0")
-        session = await self._connections.open(topic, str(user_id), last_event_id, stream=stream)
+        try:
+            session = await self._connections.open(topic, str(user_id), last_event_id, stream=stream)
+        except ConnectionRefused as exc:
+            self.tally.refuse(refusal_reason(exc))
+            raise
         if topic.kind is TopicKind.OPERATION and self.get_operation is not None:
             try:
                 state = await self.current_state(topic.name)

@@ -25,6 +25,7 @@ from .._core.policy import is_finished, is_terminal
 from .._core.schemas import GapReason
 from .._core.streams import StreamSource, Topic, TopicKind, gap_reason
 from . import _close_codes as close
+from ._metrics import WebTally
 from ._outbox import Outgoing
 from ._subscriber import Subscriber
 from ._tasks import stop_task
@@ -56,8 +57,10 @@ class Hub:
         max_entry_bytes: int,
         retry_max_seconds: float,
         clock: Callable[[], float] = _local_ms,
+        tally: WebTally | None = None,
     ) -> None:
         self.source = source
+        self._tally = tally if tally is not None else WebTally()
         self._history_batch = history_batch
         self._max_entry_bytes = max_entry_bytes
         self._retry_max_seconds = retry_max_seconds
@@ -118,7 +121,9 @@ class Hub:
             )
             self._repair(topic)
             return
-        if now - item.key[0] > BEHIND_MS:
+        behind = now - item.key[0]
+        self._tally.observe_lag(max(behind, 0.0) / 1000)
+        if behind > BEHIND_MS:
             item.direct = False
         held = self._held.get(topic)
         if held is not None:
@@ -179,6 +184,7 @@ class Hub:
             if item.key is not None and position is not None and position > item.key and not subscriber.catching_up:
                 # ahead of an entry the stream has: the position came from an id the stream never issued
                 subscriber.rewind(GapReason.AHEAD_OF_STREAM)
+                self._tally.gaps[GapReason.AHEAD_OF_STREAM] += 1
                 subscriber.begin_catch_up()
                 self._schedule(subscriber)
             else:
@@ -240,6 +246,8 @@ class Hub:
             info = await self.source.info(topic)
             lost = position.restarted(run_id) and (info is None or not await self._has_entry(topic, position.key))
             reason = gap_reason(info, position.key, restart_lost=lost)
+            if reason is not None:
+                self._tally.gaps[reason] += 1
             if reason is GapReason.AHEAD_OF_STREAM:
                 subscriber.rewind(reason)  # not an id of this stream: send it from its start
             elif reason is not None:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
@@ -28,12 +28,16 @@ from ._async_publisher import AsyncProgressPublisher
 from ._connections import Connections
 from ._gateway import Gateway
 from ._hub import Hub
+from ._metrics import WebTally, count_into
 from ._reads import NewestReader, OperationReads
 from ._redis_source import RedisSource
 from ._registry import ConnectionKey
 from ._server_exit import ServerExitWatch
 from ._state import OperationGetter, has_status_and_progress, snapshot
 from ._user_count import RedisUserCount
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +50,34 @@ class ProgressManager:
     Settings come from ``ProgressSettings`` (environment) unless given; pass ``redis=`` to use a ready-made
     ``redis.asyncio.Redis`` for commands (the manager then opens only its pub/sub connection itself).
     Nothing connects before ``startup()`` (or the ``lifespan``), and a Redis that is down does not stop it.
+    With the ``metrics`` extra installed, its metrics are exported by ``metrics_registry`` (default:
+    ``prometheus_client.REGISTRY``, so an existing ``/metrics`` shows them; see docs/operating.md).
     """
 
-    def __init__(self, settings: ProgressSettings | None = None, *, redis: Redis | None = None) -> None:
+    def __init__(
+        self,
+        settings: ProgressSettings | None = None,
+        *,
+        redis: Redis | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> None:
         self.settings = settings or ProgressSettings()
         self._owns_commands = redis is None
         self.redis: Redis = redis if redis is not None else async_command_client(self.settings)
         self._pubsub_redis = async_pubsub_client(self.settings, redis)
-        self._source = RedisSource(self.settings, commands=self.redis, pubsub=self._pubsub_redis)
+        self._tally = WebTally()
+        self._source = RedisSource(self.settings, commands=self.redis, pubsub=self._pubsub_redis, tally=self._tally)
+        self._tally.source = self._source
+        self.metrics_registry = metrics_registry
+        self.metrics_enabled = count_into(metrics_registry, self._tally)
+        """Whether this manager's metrics are exported (``prometheus_client`` is installed)."""
         self._hub = Hub(
             self._source,
             history_batch=self.settings.history_batch,
             max_entry_bytes=self.settings.max_entry_bytes,
             retry_max_seconds=self.settings.reconnect_max_seconds,
             clock=self._source.now_ms,
+            tally=self._tally,
         )
         self._source.bind(self._hub)
         reader = NewestReader(
@@ -82,8 +100,9 @@ class ProgressManager:
             max_total=self.settings.max_total_connections,
             shared=self._user_count,
             close_timeout=self.settings.send_timeout_seconds,
+            tally=self._tally,
         )
-        self._gateway = Gateway(self._connections, self.startup)
+        self._gateway = Gateway(self._connections, self.startup, self._tally)
         self._exit_watch = ServerExitWatch(self._gateway.end_streams)
         self._started = False
         self._closed = False

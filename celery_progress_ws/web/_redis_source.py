@@ -31,6 +31,7 @@ from .._core.keys import KeySpace
 from .._core.redis_errors import OUTAGE
 from .._core.settings import ProgressSettings
 from .._core.streams import RawEntry, SourceListener, StreamInfo, Topic, TopicKind, raw_entry, stream_info
+from ._metrics import WebTally
 from ._stall import StallGuard
 from ._tasks import stop_task
 
@@ -47,7 +48,10 @@ BACKOFF_FIRST_SECONDS = 0.05
 class RedisSource:
     """``StreamSource`` over Redis; call ``bind`` with the listener, then ``start``."""
 
-    def __init__(self, settings: ProgressSettings, *, commands: Redis, pubsub: Redis) -> None:
+    def __init__(
+        self, settings: ProgressSettings, *, commands: Redis, pubsub: Redis, tally: WebTally | None = None
+    ) -> None:
+        self._tally = tally if tally is not None else WebTally()
         self._keys = KeySpace(settings.key_prefix)
         self._commands = commands
         self._client = pubsub
@@ -203,6 +207,7 @@ class RedisSource:
             if pubsub is not None:
                 if failures:
                     logger.warning("Live progress reconnected to Redis")
+                    self._tally.reconnects += 1
                 failures = 0
                 try:
                     await self._listen(pubsub)

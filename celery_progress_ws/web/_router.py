@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from celery import Celery
 from fastapi import APIRouter, Depends, Header, HTTPException, Response, WebSocket, WebSocketException
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.requests import HTTPConnection
 
 from .._core.codec import is_valid_stream_id
@@ -32,6 +32,7 @@ from .._core.streams import Topic, TopicKind
 from . import _close_codes as close
 from ._cancel import Canceller
 from ._manager import ProgressManager
+from ._metrics import WebTally, exposition
 from ._origin import OriginPolicy
 from ._sse import EventStreamResponse
 from ._websocket import ClientInput, refuse, serve
@@ -57,6 +58,7 @@ def create_progress_router(
     authorize: Authorize,
     authorize_channel: Authorize | None = None,
     celery_app: Celery | None = None,
+    metrics: bool = False,
 ) -> APIRouter:
     """The progress routes, to mount with ``app.include_router(router, prefix="/progress")``.
 
@@ -66,12 +68,17 @@ def create_progress_router(
     does so for custom channels (default: ``authorize`` with the channel name).
     With ``celery_app``, ``POST /operations/{operation_id}/cancel`` revokes an operation (see docs/cancellation.md).
     Requests from pages of other origins than the server's own and ``allowed_origins`` get 403 (see docs/security.md).
+    ``GET /health`` answers 200 while live delivery is connected to Redis, else 503; with ``metrics`` (and the
+    ``metrics`` extra installed), ``GET /metrics`` serves the manager's Prometheus registry. Neither needs a user
+    nor checks the origin (see docs/operating.md).
     """
     channel_check = authorize_channel or authorize
     UserId = Annotated[Any, Depends(get_user_id)]  # noqa: N806 - a type alias
-    router = APIRouter(dependencies=[Depends(_origin_guard(OriginPolicy(manager.settings.allowed_origins)))])
-    client_input = ClientInput.of(manager.settings)
     gateway = manager._gateway
+    tally = gateway.tally
+    policy = OriginPolicy(manager.settings.allowed_origins)
+    guarded = APIRouter(dependencies=[Depends(_origin_guard(policy, tally))])
+    client_input = ClientInput.of(manager.settings)
 
     async def hold_socket(websocket: WebSocket, topic: Topic, user_id: str, last_event_id: str | None) -> None:
         """Serve one WebSocket session until its client leaves or the server ends it, then end it."""
@@ -84,7 +91,7 @@ def create_progress_router(
         finally:
             await gateway.end(session)
 
-    @router.websocket("/operations/{operation_id}/ws")
+    @guarded.websocket("/operations/{operation_id}/ws")
     async def operation_socket(
         websocket: WebSocket, operation_id: str, user_id: UserId, last_event_id: str | None = None
     ) -> None:
@@ -93,14 +100,16 @@ def create_progress_router(
             operation_id = validate_operation_id(operation_id)
             resume = _resume_id(last_event_id)
         except (InvalidOperationId, _BadRequest) as exc:
+            tally.refuse("invalid")
             await refuse(websocket, str(exc))
             return
         if not await _allowed(authorize, user_id, operation_id):
+            tally.refuse("unauthorized")
             await refuse(websocket, Unauthorized.reason)
             return
         await hold_socket(websocket, Topic(TopicKind.OPERATION, operation_id), str(user_id), resume)
 
-    @router.websocket("/channels/{channel}/ws")
+    @guarded.websocket("/channels/{channel}/ws")
     async def channel_socket(
         websocket: WebSocket, channel: str, user_id: UserId, last_event_id: str | None = None
     ) -> None:
@@ -109,14 +118,16 @@ def create_progress_router(
             channel = validate_channel(channel)
             resume = _resume_id(last_event_id)
         except (InvalidChannelName, _BadRequest) as exc:
+            tally.refuse("invalid")
             await refuse(websocket, str(exc))
             return
         if not await _allowed(channel_check, user_id, channel):
+            tally.refuse("unauthorized")
             await refuse(websocket, Unauthorized.reason)
             return
         await hold_socket(websocket, Topic(TopicKind.CHANNEL, channel), str(user_id), resume)
 
-    @router.get("/operations/{operation_id}/events", response_model=None)
+    @guarded.get("/operations/{operation_id}/events", response_model=None)
     async def operation_events(
         operation_id: str,
         user_id: UserId,
@@ -127,8 +138,8 @@ def create_progress_router(
 
         The header (sent by EventSource on reconnects) wins over the query parameter (usable on a first connect).
         """
-        operation_id, resume = _checked(operation_id, last_event_id_header or last_event_id)
-        await _authorized(authorize, user_id, operation_id)
+        operation_id, resume = _checked(operation_id, last_event_id_header or last_event_id, tally)
+        await _authorized(authorize, user_id, operation_id, tally)
         if resume is not None and await manager._reads.is_finished(operation_id, resume):
             return Response(status_code=204)  # tells EventSource not to reconnect: nothing more will come
         try:
@@ -141,9 +152,10 @@ def create_progress_router(
             heartbeat=settings.heartbeat_seconds,
             send_timeout=settings.send_timeout_seconds,
             on_end=gateway.end,
+            tally=tally,
         )
 
-    @router.get("/operations/{operation_id}")
+    @guarded.get("/operations/{operation_id}")
     async def operation_snapshot(operation_id: str, user_id: UserId) -> dict[str, Any]:
         """Latest status, latest progress and last entry id of an operation."""
         operation_id, _ = _checked(operation_id, None)
@@ -159,7 +171,7 @@ def create_progress_router(
     if celery_app is not None:
         canceller = Canceller(manager, celery_app)
 
-        @router.post("/operations/{operation_id}/cancel", status_code=202)
+        @guarded.post("/operations/{operation_id}/cancel", status_code=202)
         async def cancel_operation(operation_id: str, user_id: UserId) -> dict[str, Any]:
             """Revoke the operation's task (terminating it if ``cancel_terminate``) and announce ``cancelled``."""
             operation_id, _ = _checked(operation_id, None)
@@ -176,26 +188,46 @@ def create_progress_router(
                 raise HTTPException(status_code=503, detail="Task broker unavailable") from exc
             return cancellation.as_json()
 
-    @router.get("/client.js", include_in_schema=False)
+    @guarded.get("/client.js", include_in_schema=False)
     async def client_module() -> FileResponse:
         """The browser client, an ES module."""
         return _static("client.js")
 
-    @router.get("/client.d.ts", include_in_schema=False)
+    @guarded.get("/client.d.ts", include_in_schema=False)
     async def client_declarations() -> FileResponse:
         """TypeScript declarations of the browser client."""
         return _static("client.d.ts")
 
+    router = APIRouter()
+    router.include_router(guarded)
+
+    @router.get("/health", include_in_schema=False)
+    async def health() -> JSONResponse:
+        """200 while live delivery is connected to Redis; 503 (degraded: current state only) while it is not."""
+        if manager.redis_available:
+            return JSONResponse({"status": "ok", "redis": "connected"})
+        return JSONResponse({"status": "degraded", "redis": "unreachable"}, status_code=503)
+
+    if metrics and manager.metrics_enabled:
+
+        @router.get("/metrics", include_in_schema=False)
+        async def metrics_exposition() -> Response:
+            """The Prometheus text exposition of the manager's registry."""
+            body, content_type = exposition(manager.metrics_registry)
+            return Response(body, media_type=content_type)
+
     return router
 
 
-def _origin_guard(policy: OriginPolicy) -> Callable[[HTTPConnection], Awaitable[None]]:
+def _origin_guard(policy: OriginPolicy, tally: WebTally) -> Callable[[HTTPConnection], Awaitable[None]]:
     """A dependency that runs before any other: 403 for a page the policy refuses, before the user is looked up."""
 
     async def check_origin(connection: HTTPConnection) -> None:
         reason = policy.refusal(connection.scope)
         if reason is None:
             return
+        if connection.scope["type"] == "websocket" or connection.scope["path"].endswith("/events"):
+            tally.refuse("origin")  # a refused connection; other routes are requests
         if connection.scope["type"] == "websocket":
             raise WebSocketException(close.POLICY_VIOLATION, reason)  # closed before accepting: the handshake gets 403
         raise HTTPException(status_code=403, detail=reason)
@@ -216,10 +248,13 @@ def _resume_id(last_event_id: str | None) -> str | None:
     return last_event_id
 
 
-def _checked(operation_id: str, last_event_id: str | None) -> tuple[str, str | None]:
+def _checked(operation_id: str, last_event_id: str | None, tally: WebTally | None = None) -> tuple[str, str | None]:
+    """The validated ids, or 400; ``tally`` counts the refusal of a connection."""
     try:
         return validate_operation_id(operation_id), _resume_id(last_event_id)
     except (InvalidOperationId, _BadRequest) as exc:
+        if tally is not None:
+            tally.refuse("invalid")
         raise HTTPException(status_code=400, detail=str(exc)) from exc
 
 
@@ -230,6 +265,9 @@ async def _allowed(check: Authorize, user_id: Any, name: str) -> bool:
     return answer is True
 
 
-async def _authorized(check: Authorize, user_id: Any, name: str) -> None:
+async def _authorized(check: Authorize, user_id: Any, name: str, tally: WebTally | None = None) -> None:
+    """403 unless ``check`` allows; ``tally`` counts the refusal of a connection."""
     if not await _allowed(check, user_id, name):
+        if tally is not None:
+            tally.refuse("unauthorized")
         raise HTTPException(status_code=403, detail=Unauthorized.reason)

@@ -20,6 +20,7 @@ from .._core.errors import SendStuck, TransportClosed
 from . import _close_codes as close
 from ._abort import Abortable, request_transport
 from ._eager import run_eagerly
+from ._metrics import WebTally
 from ._outbox import Outgoing
 from ._registry import ConnectionKey
 from ._session import Session
@@ -44,8 +45,17 @@ class EventStreamTransport:
 
     max_batch = BATCH_FRAMES
 
-    def __init__(self, send: Send, socket: Abortable | None, *, send_timeout: float, key: ConnectionKey) -> None:
+    def __init__(
+        self,
+        send: Send,
+        socket: Abortable | None,
+        *,
+        send_timeout: float,
+        key: ConnectionKey,
+        tally: WebTally | None = None,
+    ) -> None:
         self._send = send
+        self._tally = tally if tally is not None else WebTally()
         self._socket = socket
         self._send_timeout = send_timeout
         self._key = key
@@ -64,11 +74,14 @@ class EventStreamTransport:
         rest = self._begin(_body(item.sse))
         if rest is not None:
             await self._finish(rest)
+        if item is not HEARTBEAT:
+            self._tally.delivered_sse += 1
 
     async def send_many(self, items: list[Outgoing]) -> None:
         rest = self._begin(_body(b"".join([item.sse for item in items])))
         if rest is not None:
             await self._finish(rest)
+        self._tally.delivered_sse += len(items) - items.count(HEARTBEAT)
 
     async def close(self, code: int, reason: str) -> None:
         """End the response (an event stream carries no close code)."""
@@ -120,7 +133,9 @@ class EventStreamResponse(Response):
         heartbeat: float,
         send_timeout: float,
         on_end: Callable[[Session], Awaitable[None]],
+        tally: WebTally | None = None,
     ) -> None:
+        self._tally = tally
         self.status_code = 200
         self.background = None
         self.init_headers(HEADERS)
@@ -131,7 +146,9 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = self._session
-        transport = EventStreamTransport(send, request_transport(), send_timeout=self._send_timeout, key=session.key)
+        transport = EventStreamTransport(
+            send, request_transport(), send_timeout=self._send_timeout, key=session.key, tally=self._tally
+        )
         gone = asyncio.get_running_loop().create_task(self._until_disconnected(receive))
         try:
             try:

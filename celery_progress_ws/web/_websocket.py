@@ -11,6 +11,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .._core.errors import TransportClosed
 from . import _close_codes as close
+from ._metrics import WebTally
 from ._outbox import Outbox, Outgoing
 from ._session import Session
 
@@ -30,18 +31,20 @@ class WebSocketTransport:
     """``Transport`` over a Starlette WebSocket, one frame per message; the peer going away becomes
     ``TransportClosed``."""
 
-    __slots__ = ("websocket",)
+    __slots__ = ("tally", "websocket")
 
     max_batch = 1
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, tally: WebTally | None = None) -> None:
         self.websocket = websocket
+        self.tally = tally if tally is not None else WebTally()
 
     async def send(self, item: Outgoing) -> None:
         try:
             await self.websocket.send_text(item.text)
         except WebSocketDisconnect as exc:
             raise TransportClosed(f"peer left ({exc.code})") from exc
+        self.tally.delivered_websocket += 1
 
     async def send_many(self, items: list[Outgoing]) -> None:
         for item in items:

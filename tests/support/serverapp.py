@@ -29,10 +29,13 @@ async def may_view(user: str, name: str) -> bool:
     return not name.startswith(FORBIDDEN_PREFIX)
 
 
-def build_app(manager: ProgressManager, celery_app: Celery | None = None) -> FastAPI:
-    """The progress router under ``/progress``; with ``celery_app``, including the cancel route."""
+def build_app(manager: ProgressManager, celery_app: Celery | None = None, *, metrics: bool = False) -> FastAPI:
+    """The progress router under ``/progress``; with ``celery_app``, including the cancel route; with ``metrics``,
+    ``/progress/metrics``."""
     app = FastAPI(lifespan=manager.lifespan)
-    router = create_progress_router(manager, get_user_id=user_id, authorize=may_view, celery_app=celery_app)
+    router = create_progress_router(
+        manager, get_user_id=user_id, authorize=may_view, celery_app=celery_app, metrics=metrics
+    )
     app.include_router(router, prefix="/progress")
     return app
 

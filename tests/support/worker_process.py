@@ -24,10 +24,16 @@ WARM_SHUTDOWN_SECONDS = 30.0
 
 @contextmanager
 def worker_process(
-    redis_url: str, broker_namespace: str, settings: ProgressSettings, log: Path, pool_options: list[str]
+    redis_url: str,
+    broker_namespace: str,
+    settings: ProgressSettings,
+    log: Path,
+    pool_options: list[str],
+    environment: dict[str, str] | None = None,
 ) -> Iterator[Celery]:
     """Start a worker subprocess with ``pool_options``; yield an app that sends to its queue (with `queued` entries
-    enabled, like a web app); stop the worker with a warm shutdown (SIGTERM to its pid) afterwards."""
+    enabled, like a web app); stop the worker with a warm shutdown (SIGTERM to its pid) afterwards. ``environment``
+    adds variables to the worker's."""
     queue = f"{broker_namespace}-{uuid.uuid4().hex[:6]}"
     env = {
         **os.environ,
@@ -38,6 +44,7 @@ def worker_process(
         "CELERY_PROGRESS_WS_REDIS_URL": redis_url,
         "CELERY_PROGRESS_WS_KEY_PREFIX": settings.key_prefix,
         "CELERY_PROGRESS_WS_THROTTLE_SECONDS": str(settings.throttle_seconds),
+        **(environment or {}),
     }
     command = [sys.executable, "-m", "celery", "-A", WORKER_APP, "worker", *pool_options]
     command += ["--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel=INFO"]

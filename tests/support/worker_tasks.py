@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -15,7 +16,7 @@ from celery import Celery, Task
 from celery.backends.redis import RedisBackend
 from celery.contrib.testing.worker import start_worker
 
-from celery_progress_ws import ProgressBootstep, ProgressSettings, report_progress, send_event
+from celery_progress_ws import ProgressBootstep, ProgressSettings, PublishResult, report_progress, send_event
 from tests.support.streams import ended, statuses, wait_for
 
 GATES: dict[str, tuple[threading.Event, threading.Event]] = {}
@@ -164,6 +165,15 @@ def _register_tasks(app: Celery) -> None:
             if i % 100 == 0:
                 time.sleep(max(0.0, start + seconds * i / calls - time.monotonic()))
         return time.monotonic() - start
+
+    @app.task(name="cpws.tally", shared=False)
+    def tally(calls: int, seconds: float) -> tuple[int, int]:
+        """``calls`` reports over about ``seconds``; returns this process' pid and how many the throttle held back."""
+        held = 0
+        for i in range(1, calls + 1):
+            held += report_progress(i, calls + 1) is PublishResult.THROTTLED
+            time.sleep(seconds / calls)
+        return os.getpid(), held
 
     @app.task(name="cpws.hold_then_wait", shared=False)
     def hold_then_wait(seconds: float) -> None:
