@@ -1,4 +1,5 @@
-"""The worker half's Prometheus endpoint: a real prefork worker whose children count and whose main process serves."""
+"""The worker half's Prometheus endpoint: real workers of every pool; a prefork worker's children count and its main
+process serves."""
 
 from __future__ import annotations
 
@@ -20,20 +21,36 @@ TASKS = 6
 CALLS = 150
 
 
-def test_prefork_worker_serves_exact_totals_of_both_children(
-    redis_url: str, broker_namespace: str, settings: ProgressSettings, redis_client: redis.Redis, tmp_path: Path
+POOLS = {
+    "prefork": ["--pool=prefork", "--concurrency=2"],
+    "threads": ["--pool=threads", "--concurrency=2"],
+    "solo": ["--pool=solo"],
+    "gevent": ["--pool=gevent", "--concurrency=4"],
+}
+
+
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_a_worker_serves_exact_totals_of_all_its_processes(
+    pool: str,
+    redis_url: str,
+    broker_namespace: str,
+    settings: ProgressSettings,
+    redis_client: redis.Redis,
+    tmp_path: Path,
 ) -> None:
-    """One scrape of the main process shows exactly the entries written and reports throttled by both children."""
+    """One scrape of the worker's endpoint shows exactly the entries written and reports throttled by every process
+    and thread that ran tasks (both children of a prefork worker)."""
     port = free_port()
     log = tmp_path / "worker.log"
-    options = ["--pool=prefork", "--concurrency=2"]
+    options = POOLS[pool]
     with worker_process(
         redis_url, broker_namespace, settings, log, options, {"CELERY_PROGRESS_WS_METRICS_PORT": str(port)}
     ) as app:
         results = [app.tasks["cpws.tally"].delay(CALLS, 0.6) for _ in range(TASKS)]
         answers = [result.get(timeout=60) for result in results]
         streams = [wait_for(redis_client, settings, result.id, ended) for result in results]
-        assert len({pid for pid, _ in answers}) == 2, log.read_text()  # both children ran tasks
+        if pool == "prefork":
+            assert len({pid for pid, _ in answers}) == 2, log.read_text()  # both children ran tasks
 
         throttled = sum(held for _, held in answers)
         progress = sum(entry["type"] == "chunking_progress" for entries in streams for entry in entries)
