@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -157,11 +158,12 @@ class ConnectionAppend:
 
 
 class ScriptAppend:
-    """Runs script calls through a caller's client (any redis-py client: its own pool, retries and routing)."""
+    """Runs script calls through a caller's client (any redis-py client: its own pool, retries and routing; a
+    cluster client sends each to its keys' slot, and a ``NOSCRIPT`` reloads the script on every primary)."""
 
     __slots__ = ("_client", "_scripts")
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster) -> None:
         self._client = client
         self._scripts = {APPEND.sha: client.register_script(APPEND_SCRIPT)}
 

@@ -3,10 +3,12 @@ the deployment's topology and each client's timeouts and retries.
 
 The URL's scheme names the topology: ``redis://``, ``rediss://`` and ``unix://`` one server;
 ``redis+sentinel://`` and ``rediss+sentinel://`` the current master of a Sentinel service (see ``_core.sentinel``:
-every connection asks the sentinels where the master is when it connects). ``redis+cluster://`` is recognised and
-refused for now. Each builder below makes its pool with ``_sync_pool``/``_async_pool``, the only places that branch on
-the topology. Building a client does no I/O (it connects on first use), except for ``writer_client``, which opens its
-one connection at once.
+every connection asks the sentinels where the master is when it connects); ``redis+cluster://`` and
+``rediss+cluster://`` a Redis Cluster (see ``_core.cluster``), for the worker half's clients only: the web half and
+``watch`` follow live channels, which need sharded pub/sub on a cluster, and refuse it for now. Each builder below
+makes its pool with ``_sync_pool``/``_async_pool``, the only places that branch on the topology besides the cluster
+branches. Building a client does no I/O (it connects on first use), except for ``writer_client``, which opens its
+one connection at once, and a cluster client, which reads the slot map at once.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from .cluster import ClusterTarget, cluster_client, parse_cluster_url
 from .sentinel import SentinelTarget, async_master_pool, parse_sentinel_url, sync_master_pool
 from .settings import ProgressSettings
 
@@ -47,6 +51,7 @@ _SCHEMES = {
     "rediss": Topology.STANDALONE,
     "unix": Topology.STANDALONE,
     "redis+cluster": Topology.CLUSTER,
+    "rediss+cluster": Topology.CLUSTER,
     "redis+sentinel": Topology.SENTINEL,
     "rediss+sentinel": Topology.SENTINEL,
 }
@@ -58,11 +63,12 @@ def topology_of(url: str) -> Topology:
     topology = _SCHEMES.get(scheme)
     if topology is None:
         raise ValueError(
-            f"Redis URL scheme must be redis://, rediss://, unix:// or redis+sentinel://, not {scheme + '://'!r}"
+            "Redis URL scheme must be redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://, "
+            f"not {scheme + '://'!r}"
         )
     if topology is Topology.CLUSTER:
-        raise ValueError(f"{scheme}:// URLs (Redis {topology.value}) are not supported yet")
-    if topology is Topology.SENTINEL:
+        parse_cluster_url(url)
+    elif topology is Topology.SENTINEL:
         parse_sentinel_url(url)
     else:
         redis.ConnectionPool.from_url(url)  # redis-py's own checks (port, database, query options); no I/O
@@ -76,8 +82,11 @@ def validate_url(settings: ProgressSettings) -> None:
 
 def describe_url(url: str) -> str:
     """Where ``url`` points, for log lines: ``host:port/db`` or the Sentinel service (never a password)."""
-    if topology_of(url) is Topology.SENTINEL:
+    topology = topology_of(url)
+    if topology is Topology.SENTINEL:
         return parse_sentinel_url(url).describe()
+    if topology is Topology.CLUSTER:
+        return parse_cluster_url(url).describe()
     parts = urlsplit(url)
     if parts.scheme.lower() == "unix":
         return parts.path
@@ -91,6 +100,22 @@ def _sentinel(settings: ProgressSettings) -> SentinelTarget | None:
     return None
 
 
+def _cluster(settings: ProgressSettings) -> ClusterTarget | None:
+    """The cluster the settings name, ``None`` for any other topology (after checking the URL)."""
+    if topology_of(settings.redis_url) is Topology.CLUSTER:
+        return parse_cluster_url(settings.redis_url)
+    return None
+
+
+def refuse_cluster(settings: ProgressSettings, who: str) -> None:
+    """``ValueError`` if the settings name a cluster: ``who`` cannot follow live channels on one yet."""
+    if _cluster(settings) is not None:
+        raise ValueError(
+            f"{who} does not support Redis Cluster URLs yet (it needs sharded pub/sub); only the worker half "
+            "(report_progress, ProgressPublisher, track) can write to a cluster"
+        )
+
+
 def _sync_pool(settings: ProgressSettings, **kwargs: Any) -> redis.ConnectionPool:
     """A pool of connections (options ``kwargs``) to the server the settings name, or to the service's master."""
     target = _sentinel(settings)
@@ -101,6 +126,7 @@ def _sync_pool(settings: ProgressSettings, **kwargs: Any) -> redis.ConnectionPoo
 
 def _async_pool(settings: ProgressSettings, *, blocking: bool = False, **kwargs: Any) -> redis.asyncio.ConnectionPool:
     """``_sync_pool`` for asyncio; ``blocking`` waits up to ``timeout`` (a kwarg) for a free connection."""
+    refuse_cluster(settings, "The web half (ProgressManager)")
     target = _sentinel(settings)
     if target is None:
         pool_class = redis.asyncio.BlockingConnectionPool if blocking else redis.asyncio.ConnectionPool
@@ -108,13 +134,23 @@ def _async_pool(settings: ProgressSettings, *, blocking: bool = False, **kwargs:
     return async_master_pool(target, settings.socket_timeout_seconds, blocking=blocking, **kwargs)
 
 
-def writer_client(settings: ProgressSettings) -> redis.Redis:
+def writer_client(settings: ProgressSettings) -> redis.Redis | RedisCluster:
     """The worker writer's client: one dedicated connection (``client.connection``, opened here: may raise redis-py's
-    errors) that the writer drives directly.
+    errors) that the writer drives directly; on a cluster, a cluster client (its slot map read here) that routes
+    each call to its slot's primary.
 
     Socket and connect timeouts are the settings' socket timeout; a dropped connection is reopened once at once, a
-    timeout is not retried (the writer buffers instead).
+    timeout is not retried (the writer buffers instead). On a cluster, a failed call is retried once at once, after
+    the client has re-read the slot map.
     """
+    cluster = _cluster(settings)
+    if cluster is not None:
+        return cluster_client(
+            cluster,
+            socket_timeout=settings.socket_timeout_seconds,
+            socket_connect_timeout=settings.socket_timeout_seconds,
+            retry=Retry(NoBackoff(), 1),
+        )
     pool = _sync_pool(
         settings,
         socket_timeout=settings.socket_timeout_seconds,
@@ -132,9 +168,12 @@ def writer_client(settings: ProgressSettings) -> redis.Redis:
     return client
 
 
-def registration_client(settings: ProgressSettings) -> redis.Redis:
+def registration_client(settings: ProgressSettings) -> redis.Redis | RedisCluster:
     """A pooled client for ``track()``'s registration: its reply may take ``REGISTRATION_TIMEOUT_FACTOR`` socket
-    timeouts; connecting and retrying follow redis-py's defaults."""
+    timeouts; connecting and retrying follow redis-py's defaults (on a cluster: the slot map is read here)."""
+    cluster = _cluster(settings)
+    if cluster is not None:
+        return cluster_client(cluster, socket_timeout=settings.socket_timeout_seconds * REGISTRATION_TIMEOUT_FACTOR)
     return redis.Redis.from_pool(
         _sync_pool(settings, socket_timeout=settings.socket_timeout_seconds * REGISTRATION_TIMEOUT_FACTOR)
     )
@@ -143,6 +182,7 @@ def registration_client(settings: ProgressSettings) -> redis.Redis:
 def watch_client(settings: ProgressSettings) -> redis.Redis:
     """The ``watch`` command's client: decoded replies, and no retry, so every failure reaches the watcher (which
     reconnects and resumes from the stream itself)."""
+    refuse_cluster(settings, "watch")
     pool = _sync_pool(
         settings,
         decode_responses=True,

@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from .._core import metrics
 from .._core.append import ConnectionAppend, ScriptAppend, WriteCall
@@ -81,7 +82,7 @@ class StreamWriter:
         self._lock = lock
         self._on_backlog = on_backlog
         self._io_lock = threading.Lock()
-        self._connected: tuple[redis.Redis, Runner] | None = None
+        self._connected: tuple[redis.Redis | RedisCluster, Runner] | None = None
         self._connected_pid = 0
         self._awaited: dict[int, PublishResult | None] = {}
         """``id()`` of each call a caller will ask about in ``write_now`` -> what became of it (``None``: buffered)."""
@@ -187,7 +188,7 @@ class StreamWriter:
                 self._connected[0].close()
             self._connected = None
 
-    def _connect(self) -> tuple[redis.Redis, Runner]:
+    def _connect(self) -> tuple[redis.Redis | RedisCluster, Runner]:
         """This process's client and script runner, created on first use (``_io_lock`` held; may raise).
 
         Our own client holds a single connection that the runner drives directly: writes are serialised by
@@ -199,8 +200,11 @@ class StreamWriter:
                 self._connected = (self._given_client, metered(ScriptAppend(self._given_client)))
             else:
                 client = writer_client(self.settings)
-                assert client.connection is not None  # writer_client checks it
-                self._connected = (client, metered(ConnectionAppend(client.connection)))
+                if isinstance(client, RedisCluster):  # EVALSHA routed by the key's slot; MOVED/ASK followed by it
+                    self._connected = (client, metered(ScriptAppend(client)))
+                else:
+                    assert client.connection is not None  # writer_client checks it
+                    self._connected = (client, metered(ConnectionAppend(client.connection)))
             self._connected_pid = pid
         return self._connected
 

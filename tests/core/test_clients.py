@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings
 from celery_progress_ws._core import clients
+from celery_progress_ws._core.cluster import ClusterTarget, parse_cluster_url
 from celery_progress_ws._core.sentinel import parse_sentinel_url
 from celery_progress_ws.web import ProgressManager
 from devtools.servers import PrivateRedis
@@ -100,15 +101,46 @@ def test_single_server_urls_are_standalone(url: str) -> None:
     assert clients.topology_of(url) is clients.Topology.STANDALONE
 
 
-def test_cluster_urls_are_refused_by_every_caller() -> None:
-    """Cluster URLs are recognised but refused (ValueError) by the publisher, the manager and track."""
-    settings = ProgressSettings(redis_url="redis+cluster://h:7000")
-    with pytest.raises(ValueError, match="not supported yet"):
-        ProgressPublisher(settings)
-    with pytest.raises(ValueError, match="not supported yet"):
+async def test_cluster_urls_are_accepted_by_the_worker_half_and_refused_by_the_web_half_and_watch() -> None:
+    """A cluster URL builds a publisher; the manager, both web clients and ``watch`` refuse it with a ValueError."""
+    settings = ProgressSettings(redis_url="rediss+cluster://h:7000,h:7001")
+    ProgressPublisher(settings).close()
+    assert clients.topology_of(settings.redis_url) is clients.Topology.CLUSTER
+    with pytest.raises(ValueError, match=r"web half .* does not support Redis Cluster"):
         ProgressManager(settings)
-    with pytest.raises(ValueError, match="not supported yet"):
-        clients.registration_client(settings)
+    with pytest.raises(ValueError, match="does not support Redis Cluster"):
+        clients.async_command_client(settings)
+    with pytest.raises(ValueError, match="does not support Redis Cluster"):
+        clients.async_pubsub_client(settings)
+    with pytest.raises(ValueError, match="watch does not support Redis Cluster"):
+        clients.watch_client(settings)
+
+
+def test_a_cluster_url_names_its_startup_nodes_credentials_and_tls() -> None:
+    """Several nodes (default port 6379, IPv6 in brackets), the credentials, TLS for rediss+; logs show no password."""
+    target = parse_cluster_url("rediss+cluster://user:p%40ss@h1:7000,h2,[::1]:7002/0")
+    assert target == ClusterTarget((("h1", 7000), ("h2", 6379), ("::1", 7002)), "user", "p@ss", True)
+    assert parse_cluster_url("redis+cluster://h:1").ssl is False
+    described = clients.describe_url("redis+cluster://:p%40ss@h:1")
+    assert "p@ss" not in described
+    assert "h:1" in described
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+cluster://", "at least one node"),
+        ("redis+cluster://h:7000/1", "database 0 only"),
+        ("redis+cluster://h:7000?db=0", "no query options"),
+        ("redis+cluster://h:0", "no valid port"),
+        ("redis+cluster://h:1,:2", "has no host"),
+        ("redis+cluster://h:x", "no valid port"),
+    ],
+)
+def test_a_malformed_cluster_url_is_a_value_error_saying_what_is_wrong(url: str, problem: str) -> None:
+    """Every part of a cluster URL is checked when the publisher is built."""
+    with pytest.raises(ValueError, match=problem):
+        ProgressPublisher(ProgressSettings(redis_url=url))
 
 
 @pytest.mark.parametrize(
