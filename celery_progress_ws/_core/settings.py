@@ -23,7 +23,8 @@ class ProgressSettings(BaseSettings):
         description="Redis that holds the progress streams: `redis://`, `rediss://` (TLS) or `unix://` for one "
         "server; `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db]` (or "
         "`rediss+sentinel://`) for the current master of a Sentinel service (port 26379 by default; the password is "
-        "the master's, the sentinels are asked without one).",
+        "the master's, the sentinels are asked without one); `redis+cluster://[[user]:password@]host[:port][,host[:port]"
+        "...]` (or `rediss+cluster://`) for a Redis Cluster, worker half only (the web half and `watch` refuse it).",
     )
     key_prefix: str = Field(
         default="",
