@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 from celery import group
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult, track
 from celery_progress_ws._core.codec import decode_fields
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._core.policy import ttl_for
 from devtools.cluster import PrivateCluster
+from devtools.processes import free_port
 from tests.support.streams import Entries, ended, kinds, progress_values, statuses
 from tests.support.worker_process import worker_process
 
@@ -166,6 +168,7 @@ def test_a_killed_primary_buffers_writes_until_its_replica_takes_over_and_loses_
     try:
         assert publisher.flush(timeout=30)
         assert publisher.healthy
+        assert publisher.check()  # PING reaches every node of the new shape, the killed one no longer among them
     finally:
         publisher.close()
     assert set(results) <= {PublishResult.SENT, PublishResult.BUFFERED}, results
@@ -173,6 +176,56 @@ def test_a_killed_primary_buffers_writes_until_its_replica_takes_over_and_loses_
     assert health[-1] is True
     written = [entry["data"]["i"] for entry in read(reader, cluster_settings, operation)]
     assert written == list(range(len(results)))  # every entry, sent or buffered, exactly once and in order
+
+
+def test_writes_follow_a_slot_migration_through_ask_and_moved(
+    redis_cluster: PrivateCluster, cluster_settings: ProgressSettings, reader: RedisCluster
+) -> None:
+    """While an operation's slot migrates to another shard (ASK) and after (MOVED), every write is sent, in order."""
+    keys = KeySpace(cluster_settings.key_prefix)
+    moved = str(uuid.uuid4())
+    slot = key_slot(keys.stream(moved).encode())
+    fresh = next(
+        candidate
+        for candidate in (str(uuid.uuid4()) for _ in range(1_000_000))
+        if key_slot(keys.stream(candidate).encode()) == slot
+    )  # a second operation of the same slot, first written while the slot is half migrated
+    source = redis_cluster.shard_of(redis_cluster.primary_for_slot(slot))
+    target = (source + 1) % redis_cluster.primaries
+    publisher = ProgressPublisher(cluster_settings)
+    during: list[PublishResult] = []
+
+    def write_while_migrating(_: list[str]) -> None:
+        during.append(publisher.publish(moved, "tick", {"i": 1}))
+        during.append(publisher.publish(fresh, "tick", {"i": 0}))
+
+    try:
+        assert publisher.publish(moved, "tick", {"i": 0}) is PublishResult.SENT
+        redis_cluster.migrate_slot(slot, target, batch=1, on_batch=write_while_migrating)
+        assert publisher.publish(moved, "tick", {"i": 2}) is PublishResult.SENT
+        assert publisher.publish(fresh, "tick", {"i": 1}) is PublishResult.SENT
+        assert publisher.healthy
+    finally:
+        publisher.close()
+    assert during == [PublishResult.SENT, PublishResult.SENT]
+    assert redis_cluster.shard_of(redis_cluster.primary_for_slot(slot)) == target
+    assert [entry["data"]["i"] for entry in read(reader, cluster_settings, moved)] == [0, 1, 2]
+    assert [entry["data"]["i"] for entry in read(reader, cluster_settings, fresh)] == [0, 1]
+
+
+def test_an_unreachable_cluster_is_an_outage_that_buffers_entries() -> None:
+    """No startup node answers: the publisher is built, and entries are buffered (healthy false), never raised."""
+    settings = ProgressSettings(
+        redis_url=f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}", socket_timeout_seconds=0.5
+    )
+    publisher = ProgressPublisher(settings)
+    try:
+        assert publisher.publish("op-down", "status_update", {"status": "started"}) is PublishResult.BUFFERED
+        assert not publisher.healthy
+        assert publisher.buffered == 1
+        assert not publisher.check()
+    finally:
+        publisher.close(timeout=0)
 
 
 def test_prefork_worker_on_a_cluster_url_publishes_lifecycles_on_every_shard(
