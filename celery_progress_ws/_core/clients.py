@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from .redis_errors import SYNC_PARSER
 from .sentinel import SentinelTarget, async_master_pool, parse_sentinel_url, sync_master_pool
 from .settings import ProgressSettings
 
@@ -113,13 +114,14 @@ def writer_client(settings: ProgressSettings) -> redis.Redis:
     errors) that the writer drives directly.
 
     Socket and connect timeouts are the settings' socket timeout; a dropped connection is reopened once at once, a
-    timeout is not retried (the writer buffers instead).
+    timeout is not retried (the writer buffers instead). ``NOREPLICAS`` replies raise ``NoReplicasError``.
     """
     pool = _sync_pool(
         settings,
         socket_timeout=settings.socket_timeout_seconds,
         socket_connect_timeout=settings.socket_timeout_seconds,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        parser_class=SYNC_PARSER,
     )
     try:
         client = redis.Redis(connection_pool=pool, single_connection_client=True)
