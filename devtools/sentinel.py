@@ -48,6 +48,7 @@ class PrivateSentinelSet:
         ]
         self._master = 0
         self._killed = 0
+        self._partitioned: int | None = None
 
     # -- addresses ------------------------------------------------------------------------------------------------
 
@@ -178,8 +179,32 @@ class PrivateSentinelSet:
             f"the sentinels make data node {node} a replica",
         )
 
+    def partition_master(self, timeout: float = 60.0) -> int:
+        """Make the master refuse the sentinels' PING (an ACL rule) until they have promoted a replica, while it goes
+        on taking every client's writes: a split brain. Returns the partitioned node's index (``heal`` ends it)."""
+        victim = self._master
+        self.data_nodes[victim].command("ACL", "SETUSER", "default", "-ping")
+        self._partitioned = victim
+        wait_until(lambda: self._promoted_other_than(victim), timeout, "the sentinels promote a replica")
+        return victim
+
+    def _promoted_other_than(self, node: int) -> bool:
+        """Whether every live sentinel names one master, not ``node``, that is up (its other replica may lag)."""
+        ports = {self.master_address(index)[1] for index, sentinel in enumerate(self.sentinels) if sentinel.alive}
+        if len(ports) != 1:
+            return False
+        master = self._index_of_port(ports.pop())
+        if master == node or self.data_nodes[master].info("replication").get("role") != "master":
+            return False
+        self._master = master
+        return True
+
     def heal(self, timeout: float = 60.0) -> None:
-        """Start every stopped process again (data nodes as replicas of the current master) and wait until settled."""
+        """Start every stopped process again (data nodes as replicas of the current master), let a partitioned master
+        answer the sentinels again, and wait until settled."""
+        if self._partitioned is not None:
+            self.data_nodes[self._partitioned].command("ACL", "SETUSER", "default", "+ping")
+            self._partitioned = None
         for sentinel in self.sentinels:
             if not sentinel.alive:
                 sentinel.start(["--sentinel"])

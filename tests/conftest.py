@@ -195,8 +195,9 @@ def redis_cluster(redis_cluster_module: PrivateCluster) -> PrivateCluster:
 
 @pytest.fixture(scope="module")
 def sentinel_set_module() -> Iterator[PrivateSentinelSet]:
-    """A private master, 2 replicas and 3 sentinels (quorum 2, down after 1 s) for one test module."""
-    with PrivateSentinelSet(replicas=2, sentinels=3, down_after_ms=1000) as sentinels:
+    """A private master, 2 replicas and 3 sentinels (quorum 2, down after 3 s: only deliberate faults, not a loaded
+    machine's slow replies, fail it over) for one test module."""
+    with PrivateSentinelSet(replicas=2, sentinels=3, down_after_ms=3000) as sentinels:
         yield sentinels
 
 

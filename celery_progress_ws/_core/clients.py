@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from .cluster import ClusterTarget, cluster_client, parse_cluster_url
+from .redis_errors import SYNC_PARSER
 from .sentinel import SentinelTarget, async_master_pool, parse_sentinel_url, sync_master_pool
 from .settings import ProgressSettings
 
@@ -140,8 +141,8 @@ def writer_client(settings: ProgressSettings) -> redis.Redis | RedisCluster:
     each call to its slot's primary.
 
     Socket and connect timeouts are the settings' socket timeout; a dropped connection is reopened once at once, a
-    timeout is not retried (the writer buffers instead). On a cluster, a failed call is retried once at once, after
-    the client has re-read the slot map.
+    timeout is not retried (the writer buffers instead). ``NOREPLICAS`` replies raise ``NoReplicasError``. On a
+    cluster, a failed call is retried once at once, after the client has re-read the slot map.
     """
     cluster = _cluster(settings)
     if cluster is not None:
@@ -156,6 +157,7 @@ def writer_client(settings: ProgressSettings) -> redis.Redis | RedisCluster:
         socket_timeout=settings.socket_timeout_seconds,
         socket_connect_timeout=settings.socket_timeout_seconds,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        parser_class=SYNC_PARSER,
     )
     try:
         client = redis.Redis(connection_pool=pool, single_connection_client=True)

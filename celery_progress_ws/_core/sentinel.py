@@ -5,10 +5,16 @@ Every connection of these pools asks the sentinels for the master's address each
 that comes back empty (briefly a master with no data, until the sentinels demote it) is never written to: the
 sentinels no longer name it. A ``READONLY`` reply on such a connection closes it (redis-py turns it into a
 ``ConnectionError``), so a master demoted behind a live connection is left at the next attempt too.
+
+A master the sentinels replaced while they could not reach it may still take writes from clients that can (a split
+brain), until the sentinels demote it when they reach it again, and what it took is then lost. ``MasterCheck`` lets a
+long-lived connection notice the new master sooner: at most once a ``MASTER_CHECK_INTERVAL_SECONDS`` it asks the
+sentinels which master they name, and closes the connection if that is not the one it talks to.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -23,6 +29,8 @@ from redis.retry import Retry
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
+MASTER_CHECK_INTERVAL_SECONDS = 1.0
+"""How often a long-lived connection confirms with the sentinels that it still talks to the master they name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +138,47 @@ def async_master_pool(
     return pool_class(  # type: ignore[no-untyped-call]
         target.service_name, manager, is_master=True, **target.master_kwargs(), **kwargs
     )
+
+
+class MasterCheck:
+    """Confirms, at most once an ``interval``, that a Sentinel-managed ``connection`` still talks to the master the
+    sentinels name, and closes it otherwise (its next ``connect()`` asks them for the new one).
+
+    Call it before using the connection. It raises ``MasterNotFoundError`` (a ``ConnectionError``) after closing the
+    connection when no sentinel names an agreed, healthy master: the master may be failing over right now.
+    """
+
+    __slots__ = ("_connection", "_due", "_interval")
+
+    def __init__(
+        self, connection: redis.sentinel.SentinelManagedConnection, interval: float = MASTER_CHECK_INTERVAL_SECONDS
+    ) -> None:
+        self._connection = connection
+        self._interval = interval
+        self._due = time.monotonic() + interval
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now < self._due:
+            return
+        self._due = now + self._interval
+        connection = self._connection
+        if not connection.is_connected:
+            return  # connecting asks the sentinels anyway
+        try:
+            named = connection.connection_pool.get_master_address()
+        except BaseException:
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        if (connection.host, connection.port) != tuple(named):
+            connection.disconnect()  # type: ignore[no-untyped-call]
+
+
+def master_check(connection: object) -> MasterCheck | None:
+    """A ``MasterCheck`` for ``connection`` if it follows a Sentinel service's master, ``None`` otherwise."""
+    if isinstance(connection, redis.sentinel.SentinelManagedConnection):
+        return MasterCheck(connection)
+    return None
 
 
 class _OwningSyncPool(redis.sentinel.SentinelConnectionPool):

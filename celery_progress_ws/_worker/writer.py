@@ -28,6 +28,7 @@ from .._core.clients import describe_url, writer_client
 from .._core.policy import terminal_status_of
 from .._core.redis_errors import OUTAGE, REDIS_FAILURES, describe
 from .._core.schemas import CHUNKING_PROGRESS
+from .._core.sentinel import MasterCheck, master_check
 from .._core.settings import ProgressSettings
 from .buffer import EntryBuffer, Rank
 from .metrics import Runner, metered
@@ -83,6 +84,7 @@ class StreamWriter:
         self._on_backlog = on_backlog
         self._io_lock = threading.Lock()
         self._connected: tuple[redis.Redis | RedisCluster, Runner] | None = None
+        self._master_check: MasterCheck | None = None
         self._connected_pid = 0
         self._awaited: dict[int, PublishResult | None] = {}
         """``id()`` of each call a caller will ask about in ``write_now`` -> what became of it (``None``: buffered)."""
@@ -187,12 +189,14 @@ class StreamWriter:
             if self._connected is not None and self._given_client is None:
                 self._connected[0].close()
             self._connected = None
+            self._master_check = None
 
     def _connect(self) -> tuple[redis.Redis | RedisCluster, Runner]:
         """This process's client and script runner, created on first use (``_io_lock`` held; may raise).
 
         Our own client holds a single connection that the runner drives directly: writes are serialised by
         ``_io_lock`` anyway, and skipping the pool and redis-py's command layers is a measurable part of a round trip.
+        On a Sentinel service it also confirms, once a second, that it still talks to the master the sentinels name.
         """
         pid = os.getpid()
         if self._connected is None or self._connected_pid != pid:
@@ -205,7 +209,10 @@ class StreamWriter:
                 else:
                     assert client.connection is not None  # writer_client checks it
                     self._connected = (client, metered(ConnectionAppend(client.connection)))
+                    self._master_check = master_check(client.connection)
             self._connected_pid = pid
+        if self._master_check is not None:
+            self._master_check()
         return self._connected
 
     def _settle(self, call: WriteCall, outcome: PublishResult) -> None:

@@ -159,3 +159,49 @@ def test_an_old_master_restarted_empty_is_never_written_to(
     written = [number for number, _, _ in sequence.results]
     missing, extra = sorted(set(written) - set(stored)), sorted(set(stored) - set(written))
     assert stored == written, f"missing {missing}, unexpected {extra}, {len(stored) - len(set(stored))} twice"
+
+
+def test_a_writer_leaves_a_master_the_sentinels_replaced_even_while_it_still_takes_writes(
+    sentinel_settings: ProgressSettings, sentinel_set: PrivateSentinelSet
+) -> None:
+    """A master the sentinels can no longer reach but the worker can (split brain) stops receiving writes soon after
+    the sentinels promote a replica, before they demote it: the writer confirms its master with them as it writes."""
+    operation = f"op-{uuid.uuid4().hex[:12]}"
+    with ProgressPublisher(sentinel_settings) as publisher:
+        sequence = Sequence(publisher, operation)
+        writer = threading.Thread(target=sequence.run)
+        writer.start()
+        try:
+            sequence.wait_for(lambda: len(sequence.results) >= 20)
+            zombie = sentinel_set.partition_master()
+            promoted_after = len(sequence.results)
+            with sentinel_set.master_client() as master:
+
+                def reached_new_master() -> bool:
+                    return max(documents(read(master, sentinel_settings, operation)), default=0) > promoted_after
+
+                sequence.wait_for(reached_new_master)
+            # The sentinels demote a master they cannot PING only when their next INFO round finds it (~10 s); the
+            # writer must have left it on its own before that, or everything written to it until then is lost.
+            assert sentinel_set.data_nodes[zombie].info("replication")["role"] == "master"
+            zombie_calls = evalsha_calls(sentinel_set, zombie)
+            settled = len(sequence.results)
+            sequence.wait_for(lambda: len(sequence.results) >= settled + 20)
+        finally:
+            sequence.stop.set()
+            writer.join()
+        assert publisher.flush(timeout=10)
+    assert evalsha_calls(sentinel_set, zombie) == zombie_calls
+    with sentinel_set.master_client() as master:
+        stored = documents(read(master, sentinel_settings, operation))
+    written = [number for number, _, _ in sequence.results]
+    lost = sorted(set(written) - set(stored))
+    print(f"\nsplit brain: writes {len(written)}, lost to the replaced master {len(lost)} ({lost[:1]}..{lost[-1:]})")
+    assert stored == sorted(set(stored))  # order kept, nothing twice
+    assert not set(written[settled:]) - set(stored)
+
+
+def evalsha_calls(sentinel_set: PrivateSentinelSet, node: int) -> int:
+    """How many times data node ``node`` has run EVALSHA."""
+    stats = sentinel_set.data_nodes[node].info("commandstats").get("cmdstat_evalsha")
+    return int(stats["calls"]) if isinstance(stats, dict) else 0

@@ -116,3 +116,20 @@ def test_an_error_retrying_cannot_fix_is_logged_and_reported_dropped(
     warnings = [record.getMessage() for record in progress_log if record.levelno >= logging.WARNING]
     assert len(warnings) == 1
     assert "ResponseError: WRONGTYPE" in warnings[0]
+
+
+def test_noreplicas_from_a_master_short_of_in_sync_replicas_is_an_outage(
+    refusing_settings: ProgressSettings, admin: redis.Redis
+) -> None:
+    """NOREPLICAS (``min-replicas-to-write`` and too few replicas in sync) is buffered and retried, never dropped."""
+    with ProgressPublisher(refusing_settings) as publisher:
+        results = [publisher.progress("op", i, 20, force=True) for i in range(1, 11)]
+        admin.config_set("min-replicas-to-write", 1)
+        try:
+            results += [publisher.progress("op", i, 20, force=True) for i in range(11, 21)]
+            assert results[10:] == [PublishResult.BUFFERED] * 10
+            assert not publisher.healthy
+        finally:
+            admin.config_set("min-replicas-to-write", 0)
+        assert publisher.flush(timeout=5)
+    assert numbers(admin, refusing_settings, "op") == list(range(1, 21))
