@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from redis.cluster import ClusterNode, RedisCluster
+
+from .urls import credentials, host_addresses
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 DEFAULT_PORT = 6379
@@ -46,30 +48,9 @@ def parse_cluster_url(url: str) -> ClusterTarget:
     userinfo, _, hosts = parts.netloc.rpartition("@")
     if not hosts:
         raise ValueError("a redis+cluster:// URL names at least one node: redis+cluster://host:port[,host:port...]")
-    user, colon, secret = userinfo.partition(":")
-    username = unquote(user) or None
-    password = unquote(secret) if colon else None
-    return ClusterTarget(
-        tuple(_address(item) for item in hosts.split(",")), username, password, scheme.startswith("rediss")
-    )
-
-
-def _address(item: str) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port`` of one startup node."""
-    if item.startswith("["):
-        host, bracket, rest = item[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"malformed cluster node address {item!r}")
-        port_text = rest[1:] if rest else ""
-    else:
-        host, _, port_text = item.partition(":")
-    if not host:
-        raise ValueError(f"cluster node address {item!r} has no host")
-    if not port_text:
-        return host, DEFAULT_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"cluster node address {item!r} has no valid port")
-    return host, int(port_text)
+    username, password = credentials(userinfo)
+    nodes = host_addresses(hosts, DEFAULT_PORT, "cluster node")
+    return ClusterTarget(nodes, username, password, scheme.startswith("rediss"))
 
 
 def cluster_client(target: ClusterTarget, **kwargs: Any) -> RedisCluster:

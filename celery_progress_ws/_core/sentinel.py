@@ -27,6 +27,8 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .urls import credentials, host_addresses
+
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
 MASTER_CHECK_INTERVAL_SECONDS = 1.0
@@ -64,10 +66,10 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     if parts.query or parts.fragment:
         raise ValueError("a redis+sentinel:// URL takes no query options or fragment")
     userinfo, _, hosts = parts.netloc.rpartition("@")
-    username, password = _credentials(userinfo)
+    username, password = credentials(userinfo)
     if not hosts:
         raise ValueError("a redis+sentinel:// URL names at least one sentinel: redis+sentinel://host:port/service")
-    sentinels = tuple(_address(item) for item in hosts.split(","))
+    sentinels = host_addresses(hosts, DEFAULT_SENTINEL_PORT, "sentinel")
     path = parts.path.split("/")[1:]
     if not path or not path[0] or len(path) > 2 or (len(path) == 2 and not path[1]):
         raise ValueError("a redis+sentinel:// URL's path is /service_name or /service_name/db")
@@ -80,31 +82,6 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
             raise ValueError(f"Redis database must be a non-negative integer, not {path[1]!r}")
         db = int(path[1])
     return SentinelTarget(sentinels, service_name, db, username, password, scheme == "rediss+sentinel")
-
-
-def _credentials(userinfo: str) -> tuple[str | None, str | None]:
-    if not userinfo:
-        return None, None
-    user, colon, secret = userinfo.partition(":")
-    return unquote(user) or None, unquote(secret) if colon else None
-
-
-def _address(item: str) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port`` of one sentinel."""
-    if item.startswith("["):
-        host, bracket, rest = item[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"malformed sentinel address {item!r}")
-        port_text = rest[1:] if rest else ""
-    else:
-        host, _, port_text = item.partition(":")
-    if not host:
-        raise ValueError(f"sentinel address {item!r} has no host")
-    if not port_text:
-        return host, DEFAULT_SENTINEL_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"sentinel address {item!r} has no valid port")
-    return host, int(port_text)
 
 
 def _sentinel_kwargs(target: SentinelTarget, timeout: float, retry: Retry | AsyncRetry) -> dict[str, Any]:
