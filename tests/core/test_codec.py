@@ -23,6 +23,7 @@ from celery_progress_ws._core.codec import (
     make_entry,
     parse_stream_id,
 )
+from tests.support.worker_tasks import Named, Unprintable
 
 
 def test_make_entry_has_the_seed_shape() -> None:
@@ -38,16 +39,6 @@ def test_encode_is_compact_and_converts_by_the_rules() -> None:
     text = encode_entry({"type": "t", "data": {"nan": math.nan, "inf": [math.inf], "set": {1}, "obj": Named()}}, 1000)
     assert " " not in text
     assert json.loads(text)["data"] == {"nan": None, "inf": [None], "set": [1], "obj": "named!"}
-
-
-class Named:
-    def __str__(self) -> str:
-        return "named!"
-
-
-class Unprintable:
-    def __str__(self) -> str:
-        raise RuntimeError("no text for you")
 
 
 class Color(Enum):

@@ -20,6 +20,7 @@ from celery_progress_ws._core.codec import decode_live
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._worker.meter import RawProgress
 from tests.support.streams import kinds, progress_values, read, stream_key, wait_for
+from tests.support.worker_tasks import Named, Unprintable
 
 pytestmark = pytest.mark.integration
 
@@ -264,16 +265,6 @@ def test_a_forked_child_uses_its_own_connection_and_state(
     assert os.waitstatus_to_exitcode(status) == 0
     assert publisher.flush(timeout=2)
     assert kinds(read(redis_client, settings, "op-fork")) == ["progress:1", "child", "progress:2"]
-
-
-class Named:
-    def __str__(self) -> str:
-        return "named!"
-
-
-class Unprintable:
-    def __str__(self) -> str:
-        raise RuntimeError("no text for you")
 
 
 def circular() -> dict[str, object]:
