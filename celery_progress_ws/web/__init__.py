@@ -6,8 +6,11 @@
     app = FastAPI(lifespan=manager.lifespan)
     app.include_router(create_progress_router(manager, get_user_id=..., authorize=...), prefix="/progress")
     uvicorn.run(app, **uvicorn_options(manager.settings))
+
+Other ASGI frameworks mount ``create_progress_app(manager, get_user_id=..., authorize=...)`` instead.
 """
 
+from ._app import create_progress_app
 from ._async_publisher import AsyncProgressPublisher
 from ._manager import ProgressManager
 from ._router import Authorize, create_progress_router
@@ -19,6 +22,7 @@ __all__ = [
     "Authorize",
     "OperationGetter",
     "ProgressManager",
+    "create_progress_app",
     "create_progress_router",
     "uvicorn_options",
 ]

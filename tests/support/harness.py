@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 from websockets.asyncio.client import ClientConnection
 
 from celery_progress_ws import ProgressSettings
@@ -33,7 +33,7 @@ class ThreadServer:
     ``options`` override uvicorn.Config arguments (``ws_max_size``, ``proxy_headers``...).
     """
 
-    def __init__(self, manager: ProgressManager, app: FastAPI | None = None, **options: Any) -> None:
+    def __init__(self, manager: ProgressManager, app: ASGIApp | None = None, **options: Any) -> None:
         self.manager = manager
         self.port = free_port()
         config = uvicorn.Config(
