@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -38,8 +40,9 @@ def test_wire_schema_page_is_up_to_date() -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("path", [p for p in DOCUMENTS if python_blocks(p)], ids=lambda p: p.name)
-def test_python_examples_run(path: Path, settings_env: None) -> None:
-    """Each document's Python examples run top to bottom in one namespace, as a reader would paste them."""
-    namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
+def test_python_examples_run(path: Path, settings_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each document's Python examples run top to bottom in one module, as a reader would paste them into one."""
+    module = types.ModuleType(f"docs_{path.stem}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # frameworks (Litestar) resolve annotations through it
     for block in python_blocks(path):
-        exec(compile(block, str(path), "exec"), namespace)
+        exec(compile(block, str(path), "exec"), module.__dict__)
