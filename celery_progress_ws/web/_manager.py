@@ -7,6 +7,7 @@ pieces. The router and the canceller use two of them directly: ``_gateway`` (ope
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -104,7 +105,7 @@ class ProgressManager:
         )
         self._gateway = Gateway(self._connections, self.startup, self._tally)
         self._exit_watch = ServerExitWatch(self._gateway.end_streams)
-        self._started = False
+        self._starting: asyncio.Future[None] | None = None
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
@@ -120,10 +121,17 @@ class ProgressManager:
         return len(self._connections)
 
     async def startup(self) -> None:
-        """Start live delivery; returns after the first connection attempt and keeps retrying in the background."""
-        if self._started:
-            return
-        self._started = True
+        """Start live delivery; returns after the first connection attempt and keeps retrying in the background.
+
+        Callers arriving while it starts (the first requests of a host that forwards no lifespan) wait for the same
+        start, which a caller that goes away does not interrupt.
+        """
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        if not self._starting.done():  # once started, a no-op on any event loop
+            await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
         self._exit_watch.start()
         await self._user_count.start()
         await self._source.start()

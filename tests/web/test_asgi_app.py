@@ -215,3 +215,14 @@ async def test_litestar_mount_serves_the_routes(
         assert hello.text == "host route"
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_concurrent_first_requests_all_find_the_manager_started(mounted: HostFactory) -> None:
+    """Requests arriving together before the manager started all wait for its start: every health check is 200."""
+    server = mounted(sync_user)
+    try:
+        async with httpx.AsyncClient(base_url=f"{server.http}/progress", timeout=10) as client:
+            answers = await asyncio.gather(*(client.get("/health") for _ in range(8)))
+        assert [answer.status_code for answer in answers] == [200] * 8
+    finally:
+        await server.call(server.manager.shutdown())
