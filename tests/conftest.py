@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
+from redis.cluster import RedisCluster
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, set_default_publisher
 from devtools.cluster import PrivateCluster
@@ -206,3 +207,13 @@ def sentinel_set(sentinel_set_module: PrivateSentinelSet) -> PrivateSentinelSet:
     """The module's private sentinel set with every process running, one agreed master and every replica following."""
     sentinel_set_module.heal()
     return sentinel_set_module
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: PrivateCluster) -> Iterator[RedisCluster]:
+    """A plain synchronous redis-py cluster client of the private cluster (decoded replies)."""
+    client = RedisCluster(startup_nodes=redis_cluster.startup_nodes, decode_responses=True, socket_timeout=2)
+    try:
+        yield client
+    finally:
+        client.close()

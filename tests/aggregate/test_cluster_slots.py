@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,16 +19,6 @@ from celery_progress_ws._core.keys import KeySpace
 from devtools.cluster import PrivateCluster
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cluster_client(redis_cluster: PrivateCluster) -> Iterator[RedisCluster]:
-    """A plain synchronous redis-py cluster client of the private cluster."""
-    client = RedisCluster(startup_nodes=redis_cluster.startup_nodes, decode_responses=True, socket_timeout=2)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture

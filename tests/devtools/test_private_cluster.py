@@ -23,16 +23,6 @@ from devtools.servers import redis_answers
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def cluster_client(redis_cluster: PrivateCluster) -> Iterator[RedisCluster]:
-    """A plain synchronous cluster client of the private cluster."""
-    client = RedisCluster(startup_nodes=redis_cluster.startup_nodes, decode_responses=True, socket_timeout=2)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 def key_on_shard(cluster: PrivateCluster, shard: int, label: str) -> str:
     """A fresh key that the shard's current primary serves."""
     primary = cluster.primary_of(shard)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -163,3 +164,8 @@ async def eventually(condition: Callable[[], bool], within: float = 5) -> None:
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - server-side state in another thread has no event to await
             await asyncio.sleep(0.01)
+
+
+def new_operation() -> str:
+    """An operation id of this test's own (a fresh uuid), valid in keys and URLs."""
+    return f"op-{uuid.uuid4().hex[:12]}"

@@ -1,4 +1,5 @@
-"""Web fixtures: real uvicorn servers on free ports, an async publisher and a raw client on the test's Redis."""
+"""Web fixtures: real uvicorn servers on free ports (one with the cancel route), an async publisher and a raw client
+on the test's Redis."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from celery import Celery
 from redis.asyncio import Redis
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web import ProgressManager
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from tests.support.harness import ThreadServer
+from tests.support.serverapp import build_app
 
 
 @pytest.fixture
@@ -63,3 +66,15 @@ async def raw_redis(web_settings: ProgressSettings) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def cancel_server(progress_worker: Celery, module_settings: ProgressSettings) -> Iterator[ThreadServer]:
+    """A server whose router has the worker's app, so it offers the cancel route (threads pool: no terminate)."""
+    manager = ProgressManager(settings=module_settings.model_copy(update={"cancel_terminate": False}))
+    server = ThreadServer(manager, build_app(manager, celery_app=progress_worker))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

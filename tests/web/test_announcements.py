@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import httpx
 import pytest
@@ -15,15 +14,19 @@ from websockets.asyncio.client import connect
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
-from tests.support.harness import SseEvent, ThreadServer, receive_json, receive_until_closed, sse_events, ws_url
+from tests.support.harness import (
+    SseEvent,
+    ThreadServer,
+    new_operation,
+    receive_json,
+    receive_until_closed,
+    sse_events,
+    ws_url,
+)
 
 pytestmark = pytest.mark.integration
 
 FAR_AHEAD = "99999999999999-0"
-
-
-def new_operation() -> str:
-    return f"op-{uuid.uuid4().hex[:12]}"
 
 
 async def announce(

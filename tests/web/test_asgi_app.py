@@ -24,7 +24,15 @@ from websockets.typing import Origin
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web import ProgressManager, create_progress_app
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
-from tests.support.harness import SseEvent, ThreadServer, receive_json, receive_until_closed, sse_events, ws_url
+from tests.support.harness import (
+    SseEvent,
+    ThreadServer,
+    new_operation,
+    receive_json,
+    receive_until_closed,
+    sse_events,
+    ws_url,
+)
 from tests.support.serverapp import may_view
 
 pytestmark = pytest.mark.integration
@@ -74,10 +82,6 @@ async def server(request: pytest.FixtureRequest, mounted: HostFactory) -> AsyncI
         yield server
     finally:
         await server.call(server.manager.shutdown())
-
-
-def new_operation() -> str:
-    return f"op-{uuid.uuid4().hex[:12]}"
 
 
 async def test_websocket_receives_history_and_live_entries_to_completed(

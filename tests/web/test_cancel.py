@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -20,18 +19,6 @@ from tests.support.harness import ThreadServer, eventually, receive_json, receiv
 from tests.support.serverapp import build_app
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cancel_server(progress_worker: Celery, module_settings: ProgressSettings) -> Iterator[ThreadServer]:
-    """A server whose router has the worker's app, so it offers the cancel route (threads pool: no terminate)."""
-    manager = ProgressManager(settings=module_settings.model_copy(update={"cancel_terminate": False}))
-    server = ThreadServer(manager, build_app(manager, celery_app=progress_worker))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def cancel_url(server: ThreadServer, operation_id: str) -> str:

@@ -19,13 +19,17 @@ from celery_progress_ws import ProgressSettings
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web import ProgressManager
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
-from tests.support.harness import SseEvent, ThreadServer, receive_json, receive_until_closed, sse_events, ws_url
+from tests.support.harness import (
+    SseEvent,
+    ThreadServer,
+    new_operation,
+    receive_json,
+    receive_until_closed,
+    sse_events,
+    ws_url,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def new_operation() -> str:
-    return f"op-{uuid.uuid4().hex[:12]}"
 
 
 async def test_entries_arrive_in_order_and_socket_closes_after_completed(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -15,13 +14,9 @@ from celery_progress_ws import ProgressSettings
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from devtools.servers import PrivateRedis
-from tests.support.harness import ProcessServer, ThreadServer, receive_json, receive_until_closed, ws_url
+from tests.support.harness import ProcessServer, ThreadServer, new_operation, receive_json, receive_until_closed, ws_url
 
 pytestmark = pytest.mark.integration
-
-
-def new_operation() -> str:
-    return f"op-{uuid.uuid4().hex[:12]}"
 
 
 async def append_raw(client: Redis, keys: KeySpace, operation: str, message: bytes, announce: bytes | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,7 +22,6 @@ from celery_progress_ws.web import ProgressManager
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from celery_progress_ws.web._origin import OriginPolicy
 from tests.support.harness import ThreadServer, receive_json, receive_until_closed, ws_url
-from tests.support.serverapp import build_app
 
 pytestmark = pytest.mark.integration
 
@@ -213,18 +212,6 @@ def test_the_policy_over_plain_asgi_scopes() -> None:
     evil_post = scope("http", "https", host, cross_site, (b"origin", EVIL.encode()), method="POST")
     assert listed.refusal(evil_post) is None
     assert OriginPolicy(["*"]).refusal(evil_post) == "Cross-site request refused"
-
-
-@pytest.fixture
-def cancel_server(progress_worker: Celery, module_settings: ProgressSettings) -> Iterator[ThreadServer]:
-    """A server whose router has the worker's app, so it offers the cancel route (threads pool: no terminate)."""
-    manager = ProgressManager(settings=module_settings.model_copy(update={"cancel_terminate": False}))
-    server = ThreadServer(manager, build_app(manager, celery_app=progress_worker))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_cross_site_cancel_is_refused_and_revokes_nothing(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,13 +14,9 @@ from websockets.asyncio.client import connect
 from celery_progress_ws import EntryTooLarge, ProgressSettings
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
-from tests.support.harness import ThreadServer, receive_json, receive_until_closed, ws_url
+from tests.support.harness import ThreadServer, new_operation, receive_json, receive_until_closed, ws_url
 
 pytestmark = pytest.mark.integration
-
-
-def new_operation() -> str:
-    return f"op-{uuid.uuid4().hex[:12]}"
 
 
 async def stored_data(client: Redis, stream: str) -> list[dict[str, object]]:

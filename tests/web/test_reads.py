@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,13 +19,9 @@ from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._core.streams import Topic, TopicKind
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from devtools.servers import PrivateRedis
-from tests.support.harness import ThreadServer, receive_json, ws_url
+from tests.support.harness import ThreadServer, new_operation, receive_json, ws_url
 
 pytestmark = pytest.mark.integration
-
-
-def new_operation() -> str:
-    return f"op-{uuid.uuid4().hex[:12]}"
 
 
 def snapshot_url(server: ThreadServer, operation: str) -> str:
