@@ -36,8 +36,8 @@ from ._core.settings import ProgressSettings
 from ._worker.bootstep import ProgressBootstep
 from ._worker.publisher import ProgressPublisher
 from ._worker.reporting import report_progress, send_event, set_default_publisher
+from ._worker.results import PublishResult
 from ._worker.signals import enable_queued_events
-from ._worker.writer import PublishResult
 
 __all__ = [
     "BrokerUnavailable",

@@ -65,7 +65,12 @@ class PrivateCluster:
     """``primaries`` shards of a primary and ``replicas`` replicas each, started, broken and stopped by their owner."""
 
     def __init__(
-        self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000, appendonly: bool = False
+        self,
+        primaries: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 1000,
+        appendonly: bool = False,
+        full_coverage: bool = True,
     ) -> None:
         if primaries < 1 or replicas < 0:
             raise ValueError("a cluster needs at least one primary and a non-negative number of replicas")
@@ -85,6 +90,8 @@ class PrivateCluster:
             "--repl-diskless-sync-delay", "0",
             "--save", "",
             "--appendonly", "yes" if appendonly else "no",
+            # "no": the other shards keep serving while a shard has no live primary.
+            "--cluster-require-full-coverage", "yes" if full_coverage else "no",
         ]  # fmt: skip
         self.nodes = [
             ServerProcess(ports[i], self._root / f"node-{i}", [*arguments, "--cluster-port", str(ports[count + i])])

@@ -53,7 +53,10 @@ class ProgressSettings(BaseSettings):
         default=2.0, ge=0, description="After a failed write, how long the publisher waits before trying Redis again."
     )
     pending_buffer_size: int = Field(
-        default=256, gt=0, description="Entries kept in memory while Redis is unreachable, terminal ones last dropped."
+        default=256,
+        gt=0,
+        description="Entries kept in memory (per cluster primary) while Redis cannot take writes, terminal ones last "
+        "dropped.",
     )
     max_entry_bytes: int = Field(
         default=65536, gt=0, description="Largest encoded entry accepted; larger ones are rejected or skipped."

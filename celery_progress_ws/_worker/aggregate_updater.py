@@ -28,7 +28,8 @@ from .._core.settings import ProgressSettings
 from .._core.throttle import Decision, Throttle
 from . import context as _context
 from .buffer import Rank
-from .writer import PublishResult, StreamWriter
+from .results import PublishResult
+from .writer import StreamWriter
 
 if TYPE_CHECKING:
     from .publisher import ProgressPublisher
@@ -126,7 +127,7 @@ class AggregateUpdates:
 
     def _buffer(self, operation_id: str, child: str, event: str, fraction: float | None) -> None:
         keys = update_keys(self.settings, operation_id)  # validated when the value was offered: cannot raise here
-        self._writer.buffer.append(self._call(keys, operation_id, child, event, fraction), Rank.PROGRESS)
+        self._writer.hold(self._call(keys, operation_id, child, event, fraction), Rank.PROGRESS)
 
     def _call(
         self,

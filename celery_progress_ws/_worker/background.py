@@ -96,10 +96,9 @@ class PublisherThread(PublisherEntries):
             for operation_id, raw in self._throttle.take_due():
                 self._enqueue_trailing(operation_id, raw)
             self._aggregates.enqueue_due()
-            retry = not writer.healthy and _monotonic() >= writer.retry_at
-            write = writer.healthy and len(writer.buffer) > 0
-        if retry or write:
-            writer.drain(probe=retry)
+            due = writer.next_work()
+        if due is not None and due <= _monotonic():
+            writer.drain(probe=True)
         self._fold()
         if _monotonic() >= sweep_at:
             sweep_at = _monotonic() + IDLE_SWEEP_SECONDS
@@ -116,8 +115,9 @@ class PublisherThread(PublisherEntries):
         due = self._aggregates.next_due()
         if due is not None:
             wake.append(due)
-        if len(self._writer.buffer):
-            wake.append(now if self._writer.healthy else self._writer.retry_at)
+        due = self._writer.next_work()
+        if due is not None:
+            wake.append(due)
         return min(wake) - now
 
     def _forget_idle(self) -> None:

@@ -65,7 +65,7 @@ class PublisherEntries:
         its traceback, and must not keep the entries behind it (the terminal status above all) from being written.
         """
         try:
-            self._writer.buffer.append(self._progress_call(operation_id, raw, _wall_clock(raw[4])), Rank.PROGRESS)
+            self._writer.hold(self._progress_call(operation_id, raw, _wall_clock(raw[4])), Rank.PROGRESS)
         except ProgressError as exc:
             metrics.worker.dropped(metrics.drop_reason(exc))
             logger.warning("celery-progress-ws: skipped a held-back progress value of %s: %s", operation_id, exc)

@@ -41,7 +41,8 @@ from .aggregate_updater import AggregateUpdates
 from .background import PublisherThread
 from .buffer import Rank
 from .meter import COMPUTED_FIELDS, Count, ProgressMeter, RawProgress, check_count, check_fields
-from .writer import PublishResult, StreamWriter, rank_of
+from .results import PublishResult, rank_of
+from .writer import StreamWriter
 
 _INF = float("inf")
 _monotonic = time.monotonic
@@ -90,7 +91,8 @@ class ProgressPublisher(PublisherThread):
     @property
     def buffered(self) -> int:
         """How many entries wait in memory for Redis."""
-        return len(self._writer.buffer)
+        with self._lock:
+            return self._writer.pending()
 
     # -- publishing -------------------------------------------------------------------------------------------------
 
@@ -200,7 +202,7 @@ class ProgressPublisher(PublisherThread):
         """Hand what the hot path counted in plain ints to the metrics; called after writes and by the background
         thread (a held-back report always leaves a value that thread writes), never on the path of a dropped report."""
         with self._lock:
-            now = (self._throttled, self._writer.buffer.dropped_total, len(self._writer.buffer))
+            now = (self._throttled, self._writer.lanes.dropped()[1], self._writer.pending())
             before, self._folded = self._folded, now
         if now == before:
             return

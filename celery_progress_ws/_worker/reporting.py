@@ -20,7 +20,7 @@ from .aggregate_updater import child_progress as _child_progress
 from .context import local as _local
 from .meter import Count
 from .publisher import ProgressPublisher
-from .writer import PublishResult
+from .results import PublishResult
 
 RESERVED_EVENT_TYPES = frozenset({STATUS_UPDATE, CHUNKING_PROGRESS, CURRENT_STATE, HISTORY_GAP})
 """Entry types only the library writes; ``send_event`` refuses them."""

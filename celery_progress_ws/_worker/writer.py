@@ -1,10 +1,12 @@
-"""Ordered, outage-tolerant writes: one connection per process, a bounded buffer, one warning per outage.
+"""Ordered, outage-tolerant writes: one connection (or one cluster client) per process, a bounded buffer per server,
+one warning per outage and server.
 
-Every entry passes through the buffer and leaves it oldest first, written by one thread at a time (``_io_lock``), so
-the entries of an operation reach Redis in the order they were made. The buffer and the health state are guarded by a
-lock the owner passes in (it enqueues atomically with its own decisions); that lock is never held during I/O.
-After a failed write nothing but a probe (the owner's background retry, or a flush) touches the network until a write
-succeeds again, so no caller waits for an unreachable Redis more than once per outage. A server that answers but
+Every entry passes through its lane's buffer (``lanes``: one per server that takes writes) and leaves it oldest first,
+written by one thread at a time per lane (``Lane.io_lock``), so the entries of an operation reach Redis in the order
+they were made, and a cluster shard that is down holds back only its own operations. Buffers and health are guarded by
+a lock the owner passes in (it enqueues atomically with its own decisions); that lock is never held during I/O.
+After a failed write nothing but a probe (the owner's background retry, or a flush) touches that server until a write
+succeeds again, so no caller waits for an unreachable server more than once per outage. A server that answers but
 cannot take writes now (a replica's ``READONLY``, ``LOADING``, ``MASTERDOWN``...: ``_core.redis_errors.OUTAGE``) is an
 outage like an unreachable one; an entry Redis refuses for good (``WRONGTYPE``, ``OOM``...) is logged and skipped.
 """
@@ -16,56 +18,32 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from enum import StrEnum
-from typing import Any
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import PRIMARY, RedisCluster
 
 from .._core import metrics
-from .._core.append import ConnectionAppend, ScriptAppend, WriteCall
+from .._core.append import AppendCall, ConnectionAppend, ScriptAppend, WriteCall
 from .._core.clients import describe_url, writer_client
-from .._core.policy import terminal_status_of
 from .._core.redis_errors import OUTAGE, REDIS_FAILURES, describe
-from .._core.schemas import CHUNKING_PROGRESS
 from .._core.sentinel import MasterCheck, master_check
 from .._core.settings import ProgressSettings
-from .buffer import EntryBuffer, Rank
+from .buffer import Rank
+from .lanes import Lane, Lanes, slot_owner
 from .metrics import Runner, metered
+from .results import PublishResult
 
 logger = logging.getLogger(__name__)
 
 
-class PublishResult(StrEnum):
-    """What happened to one published or reported entry."""
-
-    SENT = "sent"
-    """Written to Redis (accepted by a master) before the call returned."""
-    THROTTLED = "throttled"
-    """Held back by the throttle; the newest held value is published when the interval ends."""
-    BUFFERED = "buffered"
-    """Redis is unreachable or cannot take writes now (a replica, loading, no master): kept in memory and written,
-    in order, when it takes writes again."""
-    DROPPED = "dropped"
-    """Not written and never will be: Redis cannot take writes and the buffer is full of entries that matter more,
-    or Redis refused this entry for good (e.g. ``WRONGTYPE``, ``OOM``: logged with the error)."""
-
-
-def rank_of(entry_type: str, data: dict[str, Any]) -> Rank:
-    """How long an entry is kept when the buffer overflows."""
-    if entry_type == CHUNKING_PROGRESS:
-        return Rank.PROGRESS
-    if terminal_status_of(entry_type, data) is not None:
-        return Rank.TERMINAL
-    return Rank.EVENT
-
-
 class StreamWriter:
-    """Writes script calls to Redis oldest first and keeps them in a bounded buffer while Redis is unreachable.
+    """Writes script calls to Redis oldest first and keeps them in bounded buffers while Redis cannot take them.
 
-    ``on_backlog`` is called, with ``lock`` held, whenever entries wait for Redis to come back (so the owner can
-    schedule ``drain(probe=True)`` after ``retry_at``). A ready-made ``client`` is used as it is; otherwise each process
-    opens its own single connection (``_core.clients.writer_client``). A call's ``on_reply`` gets the script's reply.
+    Calls queue in lanes (``lanes``): one per server that takes writes, so a cluster shard that is down holds back only
+    the operations it serves. ``on_backlog`` is called, with ``lock`` held, whenever entries wait for Redis to come back
+    (so the owner can schedule ``drain(probe=True)`` at ``next_retry()``). A ready-made ``client`` is used as it is;
+    otherwise each process opens its own single connection, or its own cluster client (``_core.clients.writer_client``).
+    A call's ``on_reply`` gets the script's reply.
     """
 
     def __init__(
@@ -76,63 +54,105 @@ class StreamWriter:
         on_backlog: Callable[[], None],
     ) -> None:
         self.settings = settings
-        self.buffer: EntryBuffer[WriteCall] = EntryBuffer(settings.pending_buffer_size)
-        self.healthy = True
-        self.retry_at = 0.0
+        self.lanes = Lanes(settings.pending_buffer_size)
         self._given_client = client
         self._lock = lock
         self._on_backlog = on_backlog
-        self._io_lock = threading.Lock()
+        self._connect_lock = threading.Lock()
         self._connected: tuple[redis.Redis | RedisCluster, Runner] | None = None
         self._master_check: MasterCheck | None = None
         self._connected_pid = 0
         self._awaited: dict[int, PublishResult | None] = {}
         """``id()`` of each call a caller will ask about in ``write_now`` -> what became of it (``None``: buffered)."""
 
+    @property
+    def healthy(self) -> bool:
+        """``False`` while any server this writer writes to is marked down."""
+        return self.lanes.down == 0
+
+    def pending(self) -> int:
+        """Entries waiting to be written (lock held)."""
+        return self.lanes.pending()
+
+    def next_work(self) -> float | None:
+        """When ``drain(probe=True)`` has something to do (``time.monotonic()``): at once if a healthy lane holds
+        entries, else when the earliest lane marked down may be probed; ``None`` if never (lock held)."""
+        due = None
+        for lane in self.lanes:
+            if not lane.healthy:
+                due = lane.retry_at if due is None else min(due, lane.retry_at)
+            elif lane.buffer:
+                return 0.0
+        return due
+
+    def hold(self, call: WriteCall, rank: Rank) -> None:
+        """Queue ``call`` for the next ``drain`` (lock held); it may be evicted if its lane is full."""
+        self.lanes.hold(call, rank)
+
     def enqueue(self, call: WriteCall, rank: Rank) -> PublishResult | None:
-        """Buffer ``call`` (lock held); ``None`` means: call ``write_now(call, None)`` after releasing the lock."""
-        if not self.buffer.append(call, rank):
+        """Queue ``call`` (lock held); ``None`` means: call ``write_now(call, None)`` after releasing the lock."""
+        lane = self.lanes.hold(call, rank)
+        if lane is None:
             return PublishResult.DROPPED
-        if not self.healthy:
+        if not lane.healthy:
             self._on_backlog()
             return PublishResult.BUFFERED
         self._awaited[id(call)] = None  # the caller holds ``call`` until write_now: its id names it until then
         return None
 
     def write_now(self, call: WriteCall, result: PublishResult | None) -> PublishResult:
-        """Finish what ``enqueue`` started: drain the buffer unless the entry was already buffered or dropped, and
+        """Finish what ``enqueue`` started: drain the call's lane unless the entry was already buffered or dropped, and
         say what became of ``call`` (whichever thread wrote it)."""
         if result is not None:
             return result
         try:
-            self.drain()
+            with self._lock:
+                lane = self.lanes.lane_for(call)
+            self._drain_lane(lane, probe=False)
         finally:
             with self._lock:
                 outcome = self._awaited.pop(id(call), None)
         return PublishResult.BUFFERED if outcome is None else outcome
 
     def drain(self, probe: bool = False) -> bool:
-        """Write buffered entries oldest first; ``True`` once the buffer is empty, ``False`` if Redis failed.
+        """Write every lane's entries oldest first; ``True`` once all are empty, ``False`` if Redis failed anywhere.
 
-        While Redis is marked down only a ``probe`` touches the network.
+        A lane marked down is only written by a ``probe`` whose time has come; healthy lanes go first, so a probe of
+        an unreachable server never delays the others.
         """
+        now = time.monotonic()
+        with self._lock:
+            lanes = sorted(self.lanes, key=lambda lane: not lane.healthy)
+        done = True
+        for lane in lanes:
+            due = lane.healthy or (probe and lane.retry_at <= now)
+            done = (due and self._drain_lane(lane, probe)) and done
+        return done
+
+    def _drain_lane(self, lane: Lane, probe: bool) -> bool:
+        """Write ``lane``'s entries oldest first; ``True`` once it is empty, ``False`` if Redis failed."""
         written = 0
-        with self._io_lock:
+        came_back = probe_server = False
+        with lane.io_lock:
             while True:
                 with self._lock:
-                    if not (self.healthy or probe):
+                    if not (lane.healthy or probe):
                         return False
-                    taken = self.buffer.pop()
-                if taken is None:
-                    break
+                    taken = lane.buffer.pop()
+                    if taken is None:
+                        if lane.healthy or written:
+                            came_back = self.lanes.mark(lane, True)
+                            self.lanes.emptied(lane)
+                        else:  # a probe with nothing to write: ask the server itself
+                            probe_server = True
+                        break
                 call, rank = taken
                 try:
-                    append = self._connect()[1]
-                    reply = append(call)
+                    reply = self._connect()[1](call)
                 except OUTAGE as exc:
                     with self._lock:
-                        self.buffer.put_back(call, rank)
-                    self._went_down(exc)
+                        lane.buffer.put_back(call, rank)
+                    self._went_down(lane, exc)
                     return False
                 except REDIS_FAILURES as exc:  # a refusal for good (wrong key type, OOM...): retrying would not help
                     self._settle(call, PublishResult.DROPPED)
@@ -148,35 +168,71 @@ class StreamWriter:
                             handler(reply)
                         except Exception:  # a bug in a handler must not keep the calls behind it from Redis
                             logger.exception("celery-progress-ws: handling the reply for %s failed", call.keys[0])
-        if written and not self.healthy:
-            self._came_back(written)
+            if probe_server:
+                return self._ping(lane)
+        if came_back:
+            self._came_back(lane, written)
+        return True
+
+    def _ping(self, lane: Lane) -> bool:
+        """Probe the server of an empty lane marked down (``io_lock`` held): back up if it answers; forgotten if a
+        cluster no longer has it as a primary."""
+        try:
+            client = self._connect()[0]
+            if isinstance(client, RedisCluster) and lane.name:
+                node = client.get_node(node_name=lane.name)  # type: ignore[no-untyped-call]
+                if node is None or node.server_type != PRIMARY:
+                    with self._lock:
+                        if not lane.buffer:
+                            self.lanes.forget(lane)
+                    return True
+                client.ping(target_nodes=node)
+            else:
+                client.ping()
+        except OUTAGE as exc:
+            self._went_down(lane, exc)
+            return False
+        except REDIS_FAILURES:  # it answered (an ACL may forbid PING): writes will tell the rest
+            pass
+        with self._lock:
+            came_back = self.lanes.mark(lane, True)
+        if came_back:
+            self._came_back(lane, 0)
         return True
 
     def check(self) -> bool:
-        """Ping Redis once; on failure log the outage warning (once) and return ``False``. Never raises."""
-        with self._io_lock:
+        """Ping Redis once (every primary of a cluster); on failure log the outage warning (once) and return ``False``.
+        Never raises."""
+        lane = next(iter(self.lanes))  # the unrouted lane, which every writer has
+        with lane.io_lock:
             try:
                 client = self._connect()[0]
                 client.ping()
             except OUTAGE as exc:
-                self._went_down(exc)
+                self._went_down(lane, exc)
                 return False
             except REDIS_FAILURES as exc:  # e.g. an ACL that forbids PING: the writes may still work
-                logger.warning("celery-progress-ws: Redis at %s refused PING (%s)", self._where(), describe(exc))
+                logger.warning("celery-progress-ws: Redis at %s refused PING (%s)", self._where(lane), describe(exc))
                 return False
-        self._came_back(0)
+        for lane in self.lanes:
+            with self._lock:
+                came_back = self.lanes.mark(lane, True)
+            if came_back:
+                self._came_back(lane, 0)
         return True
 
     def get(self, key: str) -> bytes | None:
-        """One GET on this writer's connection; ``None`` while Redis is marked down or if it fails. Never raises."""
-        with self._io_lock:
-            with self._lock:
-                if not self.healthy:
-                    return None
+        """One GET on this writer's connection; ``None`` while the key's server is marked down or if it fails. Never
+        raises."""
+        with self._lock:
+            lane = self.lanes.lane_for(AppendCall([key], []))
+        with lane.io_lock:
+            if not lane.healthy:
+                return None
             try:
                 value = self._connect()[0].get(key)
             except OUTAGE as exc:
-                self._went_down(exc)
+                self._went_down(lane, exc)
                 return None
             except REDIS_FAILURES as exc:
                 logger.warning("celery-progress-ws: Redis refused to read %s (%s)", key, describe(exc))
@@ -185,76 +241,79 @@ class StreamWriter:
 
     def close(self) -> None:
         """Close the connection this writer opened (a later write reopens one); a given client is left open."""
-        with self._io_lock:
+        with self._connect_lock:
             if self._connected is not None and self._given_client is None:
                 self._connected[0].close()
             self._connected = None
             self._master_check = None
+        with self._lock:
+            self.lanes.route_by(None)
 
     def _connect(self) -> tuple[redis.Redis | RedisCluster, Runner]:
-        """This process's client and script runner, created on first use (``_io_lock`` held; may raise).
+        """This process's client and script runner, created on first use (may raise).
 
-        Our own client holds a single connection that the runner drives directly: writes are serialised by
-        ``_io_lock`` anyway, and skipping the pool and redis-py's command layers is a measurable part of a round trip.
-        On a Sentinel service it also confirms, once a second, that it still talks to the master the sentinels name.
+        Our own single-server client holds one connection that the runner drives directly: there is one lane, whose
+        ``io_lock`` serialises its writes, and skipping the pool and redis-py's command layers is a measurable part of a
+        round trip. On a Sentinel service it also confirms, once a second, that it still talks to the master the
+        sentinels name. A cluster client (thread-safe) routes each call to its slot's primary, and its slot map names
+        the lanes.
         """
-        pid = os.getpid()
-        if self._connected is None or self._connected_pid != pid:
-            if self._given_client is not None:
-                self._connected = (self._given_client, metered(ScriptAppend(self._given_client)))
-            else:
-                client = writer_client(self.settings)
+        with self._connect_lock:
+            pid = os.getpid()
+            if self._connected is None or self._connected_pid != pid:
+                client = self._given_client or writer_client(self.settings)
                 if isinstance(client, RedisCluster):  # EVALSHA routed by the key's slot; MOVED/ASK followed by it
+                    self._connected = (client, metered(ScriptAppend(client)))
+                    with self._lock:
+                        self.lanes.route_by(slot_owner(client))
+                elif client is self._given_client:
                     self._connected = (client, metered(ScriptAppend(client)))
                 else:
                     assert client.connection is not None  # writer_client checks it
                     self._connected = (client, metered(ConnectionAppend(client.connection)))
                     self._master_check = master_check(client.connection)
-            self._connected_pid = pid
-        if self._master_check is not None:
-            self._master_check()
-        return self._connected
+                self._connected_pid = pid
+            connected, check = self._connected, self._master_check
+        if check is not None:
+            check()
+        return connected
 
     def _settle(self, call: WriteCall, outcome: PublishResult) -> None:
-        """Note what became of ``call`` if a caller waits to hear it (``_io_lock`` held)."""
+        """Note what became of ``call`` if a caller waits to hear it."""
         key = id(call)
         if key in self._awaited:
             with self._lock:
                 if key in self._awaited:
                     self._awaited[key] = outcome
 
-    def _went_down(self, exc: Exception) -> None:
+    def _went_down(self, lane: Lane, exc: Exception) -> None:
         with self._lock:
-            first = self.healthy
-            self.healthy = False
+            first = self.lanes.mark(lane, False)
             metrics.worker.redis_up(False)
-            self.retry_at = time.monotonic() + self.settings.retry_interval_seconds
+            lane.retry_at = time.monotonic() + self.settings.retry_interval_seconds
             self._on_backlog()
         if first:
             logger.warning(
                 "celery-progress-ws: Redis at %s cannot take writes (%s); keeping up to %d entries in memory and "
                 "retrying every %.1f s",
-                self._where(),
+                self._where(lane),
                 describe(exc),
                 self.settings.pending_buffer_size,
                 self.settings.retry_interval_seconds,
             )
 
-    def _came_back(self, written: int) -> None:
+    def _came_back(self, lane: Lane, written: int) -> None:
         with self._lock:
-            if self.healthy:
-                return
-            self.healthy = True
-            metrics.worker.reconnected()
-            dropped, self.buffer.dropped = self.buffer.dropped, 0
+            if self.lanes.down == 0:
+                metrics.worker.reconnected()
+            dropped, lane.buffer.dropped = lane.buffer.dropped, 0
         logger.info(
             "celery-progress-ws: Redis at %s answers again; wrote %d buffered entries, %d were dropped meanwhile",
-            self._where(),
+            self._where(lane),
             written,
             dropped,
         )
 
-    def _where(self) -> str:
-        if self._given_client is not None:
-            return repr(self._given_client)
-        return describe_url(self.settings.redis_url)
+    def _where(self, lane: Lane) -> str:
+        where = repr(self._given_client) if self._given_client is not None else describe_url(self.settings.redis_url)
+        return f"{where} (node {lane.name})" if lane.name else where

@@ -9,7 +9,7 @@ import pytest
 from celery_progress_ws import ProgressSettings, TaskStatus
 from celery_progress_ws._core.policy import is_finished, is_terminal, terminal_status, terminal_status_of, ttl_for
 from celery_progress_ws._worker.buffer import Rank
-from celery_progress_ws._worker.writer import rank_of
+from celery_progress_ws._worker.results import rank_of
 
 
 def status(value: object) -> dict[str, Any]:
