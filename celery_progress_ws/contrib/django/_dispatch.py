@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
-from ...web._app import ProgressApp
+from ...web import ProgressApp
 from ...web._server_exit import ServerExitWatch
 from ._hosts import host_allowed
 
