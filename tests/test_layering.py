@@ -91,9 +91,6 @@ def test_the_worker_half_imports_without_the_web_frameworks() -> None:
 def test_the_web_half_imports_without_django() -> None:
     """``import celery_progress_ws.web`` works where Django cannot be imported: only ``contrib.django`` needs it."""
     code = (
-        "import sys\n"
-        "sys.modules['django'] = None\n"
-        "import celery_progress_ws.web\n"
-        "import celery_progress_ws.contrib\n"
+        "import sys\nsys.modules['django'] = None\nimport celery_progress_ws.web\nimport celery_progress_ws.contrib\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=PACKAGE.parent)

@@ -4,7 +4,7 @@ Django's ASGI handler serves HTTP only: it refuses WebSockets and lifespan event
 ``{prefix}/...`` (HTTP and WebSocket) to the progress application, everything else to Django, and lifespan events to
 the progress application, whose manager they start and stop. A server that sends no lifespan events (``--lifespan
 off``, or a server without them) gets the manager started by the first progress request and stopped when the
-server begins to exit.
+server begins to exit (its exit flag, polled as the manager does to end event streams).
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
 from ...web import ProgressApp
-from ...web._server_exit import ServerExitWatch
+from ...web._server_exit import server_exiting
 from ._hosts import host_allowed
 
 logger = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008
+EXIT_POLL_SECONDS = 0.05
+"""How often, without lifespan events, the server's exit flag is checked: uvicorn takes at least 0.1 s to exit."""
 
 
 class ProgressDispatcher:
@@ -39,17 +41,15 @@ class ProgressDispatcher:
         self.django_app = django_app
         self.prefix = prefix
         self._lifespan_seen = False
-        self._exit_watch: ServerExitWatch | None = None
-        self._shutdown: asyncio.Task[None] | None = None
+        self._manager_stop: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             self._lifespan_seen = True  # it comes before any request when the server sends it
             await self.progress_app(scope, receive, send)
             return
-        if not self._lifespan_seen and self._exit_watch is None:
-            self._exit_watch = ServerExitWatch(self._stop_manager)
-            self._exit_watch.start()
+        if not self._lifespan_seen and self._manager_stop is None:
+            self._manager_stop = asyncio.get_running_loop().create_task(self._stop_manager_with_server())
         if self._is_progress(scope):
             await self._progress(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -72,10 +72,15 @@ class ProgressDispatcher:
         mounted = {**scope, "root_path": scope.get("root_path", "") + self.prefix}  # as a mount: path stays whole
         await self.progress_app(mounted, receive, send)
 
-    def _stop_manager(self) -> None:
-        """The server is exiting without lifespan events: stop the manager as a lifespan shutdown would."""
-        logger.info("Server exiting without lifespan events: stopping the progress manager")
-        self._shutdown = asyncio.get_running_loop().create_task(self.progress_app.manager.shutdown())
+    async def _stop_manager_with_server(self) -> None:
+        """Without lifespan events: stop the manager as a lifespan shutdown would, once the server begins to exit."""
+        try:
+            while not server_exiting():  # noqa: ASYNC110 - a server's flag offers no event to await
+                await asyncio.sleep(EXIT_POLL_SECONDS)
+        finally:
+            logger.info("Server exiting without lifespan events: stopping the progress manager")
+            await self.progress_app.manager.shutdown()
+            logger.info("Progress manager stopped")
 
 
 def _route_path(scope: Scope) -> str:
