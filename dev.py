@@ -88,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("test", help="install, lint, type-check and run the tests (extra args go to pytest)")
-    sub.add_parser("demo", help="install and run the demo (extra args go to the demo, e.g. --once)")
+    sub.add_parser("demo", help="install and run the demo (extra args go to the demo, e.g. --once, --django)")
     sub.add_parser("install", help="only create .venv and install the project")
     args, rest = parser.parse_known_args()
     if args.command == "test":

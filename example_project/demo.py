@@ -1,7 +1,9 @@
 """Runs the whole demo: Redis (embedded if none answers), a Celery worker, the web app and one sample task.
 
 ``python3 dev.py demo`` runs it interactively (Ctrl-C stops everything it started); ``--once`` starts everything,
-runs one task to completion, stops everything and exits 0 only if the task completed.
+runs one task to completion, stops everything and exits 0 only if the task completed. ``--django`` serves the
+Django example (``example_project/django_site``, Django and the progress routes in one ASGI app) instead of the
+FastAPI one.
 """
 
 from __future__ import annotations
@@ -10,8 +12,13 @@ import argparse
 import http.client
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
+import urllib.parse
+import urllib.request
+from http.cookiejar import CookieJar
 from pathlib import Path
 
 from celery_progress_ws import ProgressSettings
@@ -23,6 +30,9 @@ from devtools.servers import PrivateRedis, forget_celery_queue, resolve_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".demo-logs"
+DJANGO_APP = "example_project.django_site.asgi:application"
+DJANGO_USER = ("demo", "demo")
+CSRF_INPUT = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
 
 def uvicorn_flags() -> list[str]:
@@ -33,8 +43,9 @@ def uvicorn_flags() -> list[str]:
 class Demo:
     """Owns every process the demo starts and stops all of them, whatever happens."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, django: bool = False) -> None:
         self.port = port
+        self.django = django
         self.processes: list[OwnedProcess] = []
         self.redis: PrivateRedis | None = None
         self.env = dict(os.environ)
@@ -59,21 +70,24 @@ class Demo:
             "--loglevel=INFO",
             f"--hostname=demo-{os.getpid()}@%h",
         )
-        self._spawn(
-            "web",
-            "-m",
-            "uvicorn",
-            "example_project.web:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            *uvicorn_flags(),
-        )
+        if self.django:
+            self._setup_django()
+            app = [DJANGO_APP]
+        else:
+            app = ["example_project.web:create_app", "--factory"]
+        self._spawn("web", "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(self.port), *uvicorn_flags())
         self._wait_for_web()
         print(f"Web app: http://127.0.0.1:{self.port}/   (logs in {LOGS})")
+        if self.django:
+            print(f"Log in as {DJANGO_USER[0]} / {DJANGO_USER[1]} (or other / other)")
         print(f"Metrics: http://127.0.0.1:{self.port}/progress/metrics   health: /progress/health")
+
+    def _setup_django(self) -> None:
+        """The Django example's settings, its SQLite database (migrated) and its demo users."""
+        self.env["DJANGO_SETTINGS_MODULE"] = "example_project.django_site.settings"
+        self.env.setdefault("DJANGO_DEMO_DB", str(LOGS / "django.sqlite3"))
+        command = [sys.executable, "-m", "django", "demo_setup"]
+        subprocess.run(command, cwd=ROOT, env=self.env, check=True, timeout=120)
 
     def _spawn(self, name: str, *args: str) -> None:
         log = LOGS / f"{name}.log"
@@ -81,7 +95,8 @@ class Demo:
         self.processes.append(OwnedProcess([sys.executable, *args], cwd=ROOT, env=self.env, log=log))
 
     def _wait_for_web(self, timeout: float = 30.0) -> None:
-        wait_until(lambda: http_ok(self.port, "/openapi.json"), timeout=timeout, watching=self.processes, what="demo")
+        ready = "/login/" if self.django else "/openapi.json"
+        wait_until(lambda: http_ok(self.port, ready), timeout=timeout, watching=self.processes, what="demo")
 
     def _request(self, method: str, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -99,8 +114,11 @@ class Demo:
 
     def run_sample(self, documents: int) -> int:
         """Start one ingest task through the web app and show its progress here; return the watch exit code."""
-        started = self._request("POST", "/api/tasks", {"kind": "ingest", "documents": documents})
-        operation_id = str(started["operation_id"])
+        if self.django:
+            operation_id = self._start_as_django_user(documents)
+        else:
+            started = self._request("POST", "/api/tasks", {"kind": "ingest", "documents": documents})
+            operation_id = str(started["operation_id"])
         print(f"Started a sample task: {operation_id}")
         argv = [
             operation_id,
@@ -112,6 +130,27 @@ class Demo:
             "300",
         ]
         return watch_main(argv)
+
+    def _start_as_django_user(self, documents: int) -> str:
+        """Log in through Django's login view as the demo user and start a task from the page's API."""
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+        base = f"http://127.0.0.1:{self.port}"
+
+        def csrf_token(path: str) -> str:
+            with opener.open(base + path, timeout=10) as response:
+                found = CSRF_INPUT.search(response.read().decode())
+            if found is None:
+                raise RuntimeError(f"no CSRF token on {path}")
+            return found.group(1)
+
+        username, password = DJANGO_USER
+        login = {"username": username, "password": password, "csrfmiddlewaretoken": csrf_token("/login/")}
+        opener.open(base + "/login/", data=urllib.parse.urlencode(login).encode(), timeout=10).close()
+        body = json.dumps({"documents": documents, "seconds_per_document": 0.5}).encode()
+        headers = {"Content-Type": "application/json", "X-CSRFToken": csrf_token("/")}
+        request = urllib.request.Request(base + "/api/tasks", data=body, headers=headers, method="POST")
+        with opener.open(request, timeout=10) as response:
+            return str(json.loads(response.read())["operation_id"])
 
     def stop(self) -> None:
         stop_all(self.processes, 15)
@@ -128,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="run one task to completion, stop everything, exit")
     parser.add_argument("--port", type=int, default=0, help="web port (default: 8000 if free, else any free port)")
     parser.add_argument("--documents", type=int, default=12, help="documents in the sample task")
+    parser.add_argument("--django", action="store_true", help="serve the Django example instead of the FastAPI one")
     args = parser.parse_args(argv)
-    demo = Demo(args.port or _preferred_port())
+    demo = Demo(args.port or _preferred_port(), django=args.django)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         demo.start()

@@ -1,5 +1,6 @@
 """The package's layers: the shared core at the bottom, the worker half, aggregates and the CLI on it, the web half on
-top; each imports only from below, and the frameworks only where they belong."""
+top and the framework integrations (contrib) on the web half; each imports only from below, and the frameworks only
+where they belong."""
 
 from __future__ import annotations
 
@@ -18,16 +19,18 @@ MAY_IMPORT = {
     "_worker": {"_core", "_aggregate", "_worker"},
     "_cli": {"_core", "_cli"},
     "web": {"_core", "_aggregate", "web"},
+    "contrib": {"_core", "web", "contrib"},
     "": {"_core", "_aggregate", "_worker"},
 }
 """Layer -> the layers its modules may import from (``""`` is the package's ``__init__``)."""
 
 FORBIDDEN_THIRD_PARTY = {
-    "_core": {"celery", "kombu", "fastapi", "starlette", "uvicorn"},
-    "_aggregate": {"fastapi", "starlette", "uvicorn"},
-    "_worker": {"fastapi", "starlette", "uvicorn"},
-    "_cli": {"celery", "kombu", "fastapi", "starlette", "uvicorn"},
-    "": {"fastapi", "starlette", "uvicorn"},
+    "_core": {"celery", "kombu", "fastapi", "starlette", "uvicorn", "django"},
+    "_aggregate": {"fastapi", "starlette", "uvicorn", "django"},
+    "_worker": {"fastapi", "starlette", "uvicorn", "django"},
+    "_cli": {"celery", "kombu", "fastapi", "starlette", "uvicorn", "django"},
+    "web": {"django"},
+    "": {"fastapi", "starlette", "uvicorn", "django"},
 }
 
 
@@ -72,13 +75,22 @@ def test_each_module_imports_only_from_its_own_layer_or_below(path: Path) -> Non
 
 
 def test_the_worker_half_imports_without_the_web_frameworks() -> None:
-    """``import celery_progress_ws`` (worker half, aggregates) works in a process where FastAPI cannot be imported."""
+    """``import celery_progress_ws`` (worker half, aggregates) works in a process where FastAPI and Django cannot be
+    imported."""
     code = (
         "import sys\n"
-        "for name in ('fastapi', 'starlette', 'uvicorn'):\n"
+        "for name in ('fastapi', 'starlette', 'uvicorn', 'django'):\n"
         "    sys.modules[name] = None\n"
         "import celery_progress_ws\n"
         "from celery_progress_ws._cli import main\n"
         "assert not any(name.startswith('celery_progress_ws.web') for name in sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=PACKAGE.parent)
+
+
+def test_the_web_half_imports_without_django() -> None:
+    """``import celery_progress_ws.web`` works where Django cannot be imported: only ``contrib.django`` needs it."""
+    code = (
+        "import sys\nsys.modules['django'] = None\nimport celery_progress_ws.web\nimport celery_progress_ws.contrib\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=PACKAGE.parent)

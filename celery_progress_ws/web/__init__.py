@@ -10,7 +10,7 @@
 Other ASGI frameworks mount ``create_progress_app(manager, get_user_id=..., authorize=...)`` instead.
 """
 
-from ._app import create_progress_app
+from ._app import ProgressApp, create_progress_app
 from ._async_publisher import AsyncProgressPublisher
 from ._manager import ProgressManager
 from ._router import Authorize, create_progress_router
@@ -21,6 +21,7 @@ __all__ = [
     "AsyncProgressPublisher",
     "Authorize",
     "OperationGetter",
+    "ProgressApp",
     "ProgressManager",
     "create_progress_app",
     "create_progress_router",
