@@ -57,3 +57,19 @@ def pop(task_id: str) -> TaskScope | None:
 def current() -> TaskScope | None:
     """This thread's current scope."""
     return local.scope
+
+
+def running_header(task_id: str, name: str) -> str | None:
+    """A string message header of the task Celery is running in this thread, if that task is ``task_id``.
+
+    Celery 5 copies a message's custom headers onto ``task.request`` as attributes; ``request.headers`` is checked too.
+    """
+    from celery import current_task
+
+    request = current_task.request if current_task else None
+    if request is None or request.id != task_id:
+        return None
+    value = getattr(request, name, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(name)
+    return value if isinstance(value, str) else None

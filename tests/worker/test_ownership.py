@@ -1,0 +1,131 @@
+"""Ownership recorded by the worker half: the `progress_owner` header (or the owner hook) makes each status and
+progress of a task update its owner's summary, from the sender's `queued` to a real prefork worker's terminal status."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery, group
+
+from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult, enable_queued_events, track
+from celery_progress_ws._core.keys import KeySpace, user_digest
+from devtools.servers import PrivateRedis
+
+pytestmark = pytest.mark.integration
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def summaries(client: redis.Redis, settings: ProgressSettings, user: str) -> dict[str, dict[str, Any]]:
+    """A user's summaries by operation id."""
+    raw = client.hgetall(KeySpace(settings.key_prefix).user_summaries(user_digest(user)))
+    return {str(key): json.loads(value) for key, value in raw.items()}  # type: ignore[union-attr]
+
+
+def wait_for_summaries(
+    client: redis.Redis, settings: ProgressSettings, user: str, operation_ids: set[str], timeout: float = 30
+) -> dict[str, dict[str, Any]]:
+    """Poll until each of ``operation_ids`` has a terminal summary; fail with what is there at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = summaries(client, settings, user)
+        if all(found.get(op, {}).get("status") in TERMINAL for op in operation_ids):
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"summaries of {user} never all ended: {found}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def owned_worker(redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path) -> Iterator[Celery]:
+    """A prefork worker (2 children); the sender derives the owner from a `user` kwarg when no header is given."""
+    from tests.support.worker_process import worker_process
+
+    def owner(task_name: str, headers: Mapping[str, Any]) -> str | None:
+        return "bob" if task_name == "cpws.hold_then_wait" else None
+
+    log = tmp_path / "worker.log"
+    with worker_process(redis_url, broker_namespace, settings, log, ["--pool=prefork", "--concurrency=2"]) as app:
+        enable_queued_events(app, settings, owner=owner)
+        yield app
+
+
+def test_two_users_each_get_exactly_their_own_operations_from_a_prefork_worker(
+    owned_worker: Celery, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """alice's header-owned tasks (one fails, one retries), bob's hook-owned task and tracked group each land in their
+    owner's summaries with final status, progress, times and error; an unowned task lands in nobody's."""
+    tasks = owned_worker.tasks
+    counted = tasks["cpws.count"].apply_async((4,), headers={"progress_owner": "alice"})
+    failed = tasks["cpws.fail"].apply_async(("bad row",), headers={"progress_owner": "alice"})
+    retried = tasks["cpws.flaky"].apply_async(headers={"progress_owner": "alice"})
+    hooked = tasks["cpws.hold_then_wait"].apply_async((0.1,))
+    unowned = tasks["cpws.count"].apply_async((2,))
+    grouped = track(group(tasks["cpws.count"].s(2), tasks["cpws.count"].s(3)), settings=settings, owner="bob")
+    for result in (counted, failed, retried, hooked, unowned):
+        result.get(timeout=60, propagate=False)
+
+    alice = wait_for_summaries(redis_client, settings, "alice", {counted.id, failed.id, retried.id})
+    bob = wait_for_summaries(redis_client, settings, "bob", {hooked.id, grouped})
+    assert set(alice) == {counted.id, failed.id, retried.id}
+    assert set(bob) == {hooked.id, grouped}
+    done = alice[counted.id]
+    assert (done["status"], done["progress_percentage"], done["task_name"]) == ("completed", 100, "cpws.count")
+    assert done["queued_at"] <= done["started_at"] <= done["finished_at"]
+    assert (alice[failed.id]["error_type"], alice[failed.id]["error_message"]) == ("ValueError", "bad row")
+    assert alice[failed.id]["status"] == "failed"
+    assert alice[retried.id]["status"] == "completed"
+    assert (bob[grouped]["status"], bob[grouped]["task_name"], bob[grouped]["progress_percentage"]) == (
+        "completed",
+        "group",
+        100,
+    )
+    keys = KeySpace(settings.key_prefix)
+    assert redis_client.get(keys.operation_owner(counted.id)) == user_digest("alice")
+    assert redis_client.get(keys.operation_owner(grouped)) == user_digest("bob")
+    assert redis_client.get(keys.operation_owner(unowned.id)) is None
+    index = redis_client.zrevrange(keys.user_index(user_digest("alice")), 0, -1)
+    assert index[-1] == counted.id  # oldest last: the index is ordered by queued time
+
+
+@pytest.fixture
+def outage_settings(private_redis: PrivateRedis) -> ProgressSettings:
+    """Settings on a private server with short timeouts."""
+    return ProgressSettings(
+        redis_url=private_redis.url,
+        key_prefix=f"cpws-own-{uuid.uuid4().hex[:6]}:",
+        retry_interval_seconds=0.2,
+        socket_timeout_seconds=0.5,
+    )
+
+
+def test_summaries_recorded_during_an_outage_are_buffered_and_land_in_order(
+    private_redis: PrivateRedis, outage_settings: ProgressSettings
+) -> None:
+    """With Redis down, owned statuses and progress are buffered (never raised); once it is back, the summary ends
+    `completed` with the last progress and the owner key is set."""
+    with (
+        ProgressPublisher(outage_settings) as publisher,
+        redis.Redis.from_url(private_redis.url, decode_responses=True) as client,
+    ):
+        data = {"status": "queued", "task_name": "t", "message": "Task queued"}
+        assert publisher.publish("op", "status_update", data, owner="alice") is PublishResult.SENT
+        private_redis.stop()
+        publisher.own("op", "alice")
+        assert publisher.publish("op", "status_update", {"status": "started"}) is PublishResult.BUFFERED
+        publisher.progress("op", 3, 4)
+        done = {"status": "completed", "message": "Task completed"}
+        assert publisher.publish("op", "status_update", done, final=True) is PublishResult.BUFFERED
+        private_redis.start()
+        assert publisher.flush(timeout=10)
+        found = summaries(client, outage_settings, "alice")
+        owner = client.get(KeySpace(outage_settings.key_prefix).operation_owner("op"))
+    assert (found["op"]["status"], found["op"]["progress_percentage"]) == ("completed", 75)
+    assert owner == user_digest("alice")
