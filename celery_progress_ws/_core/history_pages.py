@@ -53,7 +53,7 @@ def parse_statuses(values: Sequence[str] | None) -> frozenset[TaskStatus] | None
         raise ValueError(f"unknown status in {names!r}; one of {', '.join(TaskStatus)}") from exc
 
 
-def index_rows(reply: Sequence[tuple[bytes | str, float]]) -> list[IndexRow]:
+def index_rows(reply: Sequence[Any]) -> list[IndexRow]:
     """A ``ZREVRANGE ... WITHSCORES`` reply as rows (newest first)."""
     return [(member.decode() if isinstance(member, bytes) else member, int(score)) for member, score in reply]
 
