@@ -1,7 +1,7 @@
 """A user's operation history in Redis: the summary merge script, the owner record, and the calls that run them.
 
 Per user, three keys share the user's digest as hash tag (one cluster slot): a hash of summaries (operation id ->
-summary JSON), an index (sorted set scored by queued time, in milliseconds) and a feed stream of ``operation_update``
+summary JSON), an index (sorted set scored by queued time, in microseconds) and a feed stream of ``operation_update``
 entries announced on its live channel. ``RECORD_SCRIPT`` merges one patch into a summary, indexes it, trims the index
 to ``history_max_per_user`` (dropping the oldest summaries with it), refreshes every TTL and appends the merged summary
 to the feed, atomically. Writes come from several processes (the sender's ``queued``, the worker's statuses), so the
@@ -102,7 +102,7 @@ append_entry(KEYS[3], maxlen, entry, ttl, live)
 return 1
 """.replace("OPERATION_UPDATE", OPERATION_UPDATE)
 )
-"""KEYS: the user's summaries, index, feed. ARGV: operation id, patch JSON, ISO time of the change, its time in ms
+"""KEYS: the user's summaries, index, feed. ARGV: operation id, patch JSON, ISO time of the change, its time in µs
 (the index score, lowered to the earliest seen), max operations, TTL, feed max length, feed live channel.
 Returns 1 when the summary changed (and was announced on the feed), else 0."""
 
@@ -146,7 +146,7 @@ class UserHistory:
         self._keys = KeySpace(settings.key_prefix)
 
     def record(
-        self, digest: str, operation_id: str, patch: Mapping[str, Any], stamp: str, at_ms: int | None = None
+        self, digest: str, operation_id: str, patch: Mapping[str, Any], stamp: str, at_us: int | None = None
     ) -> ScriptCall:
         """The ``RECORD_SCRIPT`` call merging ``patch`` (made at ISO time ``stamp``) into a user's summary."""
         keys = self._keys
@@ -158,7 +158,7 @@ class UserHistory:
                 operation_id,
                 _encode_patch(patch),
                 stamp,
-                int(time.time() * 1000) if at_ms is None else at_ms,
+                time.time_ns() // 1000 if at_us is None else at_us,
                 settings.history_max_per_user,
                 settings.history_ttl_seconds,
                 settings.history_feed_maxlen,

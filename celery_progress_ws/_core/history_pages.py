@@ -23,7 +23,7 @@ MAX_PAGE = 100
 DEFAULT_PAGE = 20
 
 IndexRow = tuple[str, int]
-"""An operation id of the index and its score (queued time, ms)."""
+"""An operation id of the index and its score (queued time, µs)."""
 
 
 def encode_cursor(row: IndexRow) -> str:

@@ -146,7 +146,8 @@ class KeySpace:
         return self.prefix + USER_SUMMARIES_TEMPLATE.format(digest=validate_user_digest(digest))
 
     def user_index(self, digest: str) -> str:
-        """The sorted set of a user's operation ids, scored by when each was queued (milliseconds)."""
+        """The sorted set of a user's operation ids, scored by when each was queued (in microseconds: tasks sent
+        within one millisecond keep their order)."""
         return self.prefix + USER_INDEX_TEMPLATE.format(digest=validate_user_digest(digest))
 
     def user_feed(self, digest: str) -> str:
