@@ -1,4 +1,5 @@
-"""A user's own operations in the web half: their list (``GET /me/operations``), their feed's topic, ``owner_only``.
+"""A user's own operations in the web half: their list (``GET /me/operations``), their feed's topic, ``owner_only``,
+and the summary update of an operation cancelled from the web.
 
 Every read starts from the requesting user's id, hashed (``user_digest``): nothing in a request names whose keys are
 read. The list reads the whole index (at most ``history_max_per_user`` ids) and the summaries of one page.
@@ -14,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 from .._core.errors import InvalidOperationId, SourceUnavailable
+from .._core.history import UserHistory
 from .._core.history_pages import PageBuilder, index_rows
 from .._core.keys import KeySpace, user_digest
 from .._core.redis_errors import REDIS_FAILURES
-from .._core.schemas import TaskStatus
+from .._core.schemas import TaskStatus, utc_now_iso
+from .._core.settings import ProgressSettings
 from .._core.streams import Topic, TopicKind
 
 if TYPE_CHECKING:
@@ -37,12 +40,13 @@ def feed_topic(user_id: object) -> Topic:
     return Topic(TopicKind.USER, user_digest(str(user_id)))
 
 
-class UserHistoryReads:
-    """Reads of users' history keys through the manager's command client."""
+class UserOperations:
+    """Reads (and the rare web-side update) of users' history keys through the manager's command client."""
 
-    def __init__(self, redis: Redis, keys: KeySpace) -> None:
+    def __init__(self, redis: Redis, settings: ProgressSettings) -> None:
         self._redis = redis
-        self._keys = keys
+        self._keys = KeySpace(settings.key_prefix)
+        self._history = UserHistory(settings)
 
     async def page(
         self,
@@ -76,6 +80,14 @@ class UserHistoryReads:
             logger.warning("Reading the owner of %s failed (%s); access refused", operation_id, exc)
             return None
         return value.decode() if isinstance(value, bytes) else value
+
+    async def record(self, operation_id: str, patch: dict[str, Any]) -> None:
+        """Merge ``patch`` into the summary of an owned operation (nothing for an unowned one); raises Redis errors."""
+        digest = await self.owner_of(operation_id)
+        if digest is None:
+            return
+        call = self._history.record(digest, operation_id, patch, utc_now_iso())
+        await self._redis.eval(call.script.source, len(call.keys), *call.keys, *call.args)
 
 
 def owner_only(manager: ProgressManager, otherwise: Authorize | None = None) -> Authorize:

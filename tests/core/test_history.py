@@ -178,3 +178,21 @@ def test_pages_follow_the_index_newest_first_with_cursor_and_status_filter() -> 
         decode_cursor("not-a-cursor")
     with pytest.raises(ValueError, match="unknown status"):
         parse_statuses(["running"])
+
+
+def test_a_user_s_history_expires_history_ttl_after_its_last_update(
+    client: redis.Redis, key_prefix: str, redis_url: str
+) -> None:
+    """history_ttl_seconds=1: summaries, index and feed are gone about a second after the last write."""
+    import time
+
+    run = ScriptAppend(client)
+    me = user_digest("gina")
+    run(history(key_prefix, redis_url, history_ttl_seconds=1).record(me, "op", {"status": "queued"}, T0))
+    keys = KeySpace(key_prefix)
+    names = [keys.user_summaries(me), keys.user_index(me), keys.user_feed(me)]
+    assert client.exists(*names) == 3
+    deadline = time.monotonic() + 5
+    while client.exists(*names):
+        assert time.monotonic() < deadline, "the history never expired"
+        time.sleep(0.05)

@@ -247,3 +247,21 @@ async def test_two_users_of_a_real_prefork_worker_each_see_only_their_own(
     bob = (await my_list(owned_server, "bob")).json()["operations"]
     assert [(s["operation_id"], s["status"]) for s in alice] == [(task.id, "completed")]
     assert [(s["operation_id"], s["task_name"], s["status"]) for s in bob] == [(grouped, "group", "completed")]
+
+
+async def test_cancelling_an_owned_operation_from_the_web_marks_its_summary_cancelled(
+    cancel_server: ThreadServer, module_settings: ProgressSettings
+) -> None:
+    """POST cancel of a queued owned operation answers 202 and its owner's summary says `cancelled` at once."""
+    with ProgressPublisher(module_settings) as publisher:
+        operation = queue(publisher, "frank")
+    async with httpx.AsyncClient(base_url=cancel_server.http, headers={"x-user": "frank"}, timeout=10) as client:
+        response = await client.post(f"/progress/operations/{operation}/cancel")
+        assert response.status_code == 202
+        [summary] = (await client.get("/progress/me/operations")).json()["operations"]
+    assert (summary["operation_id"], summary["status"], summary["message"]) == (
+        operation,
+        "cancelled",
+        "Cancelled on request",
+    )
+    assert summary["finished_at"] is not None
