@@ -265,3 +265,35 @@ async def test_cancelling_an_owned_operation_from_the_web_marks_its_summary_canc
         "Cancelled on request",
     )
     assert summary["finished_at"] is not None
+
+
+async def test_a_feed_resumed_after_trimmed_entries_gets_a_gap_first(mine_settings: ProgressSettings) -> None:
+    """history_feed_maxlen=2: a client resuming from an id the feed has trimmed gets history_gap (trimmed), then the
+    two kept entries; past max_connections_per_user a second /me/ws is refused with 1008."""
+    settings = mine_settings.model_copy(update={"history_feed_maxlen": 2, "max_connections_per_user": 1})
+    manager = ProgressManager(settings=settings)
+    app = FastAPI(lifespan=manager.lifespan)
+    app.include_router(
+        create_progress_router(manager, get_user_id=anonymous_or_user, authorize=owner_only(manager)),
+        prefix="/progress",
+    )
+    server = ThreadServer(manager, app)
+    server.start()
+    try:
+        with ProgressPublisher(settings) as trimming:
+            first = queue(trimming, "hank")
+            url = f"{server.ws}/progress/me/ws?user=hank"
+            async with connect(url) as websocket:
+                seen = await receive_json(websocket)
+                assert seen["data"]["operation_id"] == first
+            kept = [queue(trimming, "hank") for _ in range(3)][1:]
+        async with connect(f"{url}&last_event_id={seen['id']}") as websocket:
+            gap = await receive_json(websocket)
+            assert (gap["type"], gap["data"]["reason"]) == ("history_gap", "trimmed")
+            assert [(await receive_json(websocket))["data"]["operation_id"] for _ in kept] == kept
+            async with connect(url) as second:
+                with pytest.raises(ConnectionClosed):
+                    await receive_json(second)
+                assert (second.close_code, second.close_reason) == (1008, "User connection limit exceeded")
+    finally:
+        server.stop()

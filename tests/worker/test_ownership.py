@@ -129,3 +129,22 @@ def test_summaries_recorded_during_an_outage_are_buffered_and_land_in_order(
         owner = client.get(KeySpace(outage_settings.key_prefix).operation_owner("op"))
     assert (found["op"]["status"], found["op"]["progress_percentage"]) == ("completed", 75)
     assert owner == user_digest("alice")
+
+
+def test_a_terminated_owned_task_is_marked_cancelled_by_the_worker_s_main_process(
+    owned_worker: Celery, settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """A running owned task revoked with terminate: the worker's main process reads the owner from the request and
+    its `cancelled` reaches the owner's summary."""
+    release = f"{settings.key_prefix}never-{uuid.uuid4().hex[:6]}"
+    task = owned_worker.tasks["cpws.wait_for_key"].apply_async(
+        (settings.redis_url, release, 30), headers={"progress_owner": "carol"}
+    )
+    deadline = time.monotonic() + 30
+    while summaries(redis_client, settings, "carol").get(task.id, {}).get("message") != "waiting":
+        assert time.monotonic() < deadline, "the task never reported"
+        time.sleep(0.05)
+    owned_worker.control.revoke(task.id, terminate=True, signal="SIGTERM")
+    found = wait_for_summaries(redis_client, settings, "carol", {task.id})
+    assert found[task.id]["status"] == "cancelled"
+    assert found[task.id]["message"].startswith("Task terminated")
