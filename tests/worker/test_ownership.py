@@ -148,3 +148,40 @@ def test_a_terminated_owned_task_is_marked_cancelled_by_the_worker_s_main_proces
     found = wait_for_summaries(redis_client, settings, "carol", {task.id})
     assert found[task.id]["status"] == "cancelled"
     assert found[task.id]["message"].startswith("Task terminated")
+
+
+def test_owned_operations_on_every_shard_of_a_cluster_land_in_one_user_s_slot(redis_cluster: Any) -> None:
+    """On redis+cluster://, owned statuses of operations spread over the shards and a tracked group's registration
+    record each owner key in its operation's slot and every summary in the user's one slot."""
+    from redis.cluster import RedisCluster
+
+    settings = ProgressSettings(
+        redis_url=redis_cluster.url, key_prefix=f"cpws-own:{uuid.uuid4().hex[:8]}:", socket_timeout_seconds=2.0
+    )
+    keys = KeySpace(settings.key_prefix)
+    operations = [str(uuid.uuid4()) for _ in range(12)]
+    with ProgressPublisher(settings) as publisher:
+        for operation in operations:
+            data = {"status": "queued", "task_name": "t"}
+            assert publisher.publish(operation, "status_update", data, owner="ivy") is PublishResult.SENT
+            done = {"status": "completed", "task_name": "t"}
+            assert publisher.publish(operation, "status_update", done, final=True, owner="ivy") is PublishResult.SENT
+    app = Celery("cluster-own", broker="memory://", set_as_current=False)
+
+    @app.task(name="cpws.noop", shared=False)
+    def noop() -> None:
+        """Never run: the group is only sent to the in-memory broker."""
+
+    grouped = track(group(noop.s(), noop.s()), settings=settings, owner="ivy")
+    client = RedisCluster(startup_nodes=redis_cluster.startup_nodes, decode_responses=True, socket_timeout=5)
+    try:
+        assert len({redis_cluster.primary_for_key(keys.operation_owner(op)) for op in operations}) > 1
+        assert all(client.get(keys.operation_owner(op)) == user_digest("ivy") for op in [*operations, grouped])
+        found = {op: json.loads(raw) for op, raw in client.hgetall(keys.user_summaries(user_digest("ivy"))).items()}
+    finally:
+        client.close()
+        app.close()
+    assert {op: summary["status"] for op, summary in found.items()} == {
+        **dict.fromkeys(operations, "completed"),
+        grouped: "queued",
+    }
