@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .append import APPEND_FUNCTION, AppendCall, LuaScript, ScriptCall
+from .jsonsafe import json_safe_fields
 from .keys import KeySpace
 from .schemas import CHUNKING_PROGRESS, OPERATION_UPDATE, STATUS_UPDATE
 from .settings import ProgressSettings
@@ -174,4 +175,6 @@ class UserHistory:
 
 
 def _encode_patch(patch: Mapping[str, Any]) -> str:
-    return json.dumps({key: patch[key] for key in _PATCH_FIELDS if key in patch}, separators=(",", ":"))
+    """The patch's summary fields as JSON, converted by the rules every entry's data follows."""
+    fields = json_safe_fields({key: patch[key] for key in _PATCH_FIELDS if key in patch})
+    return json.dumps(fields, separators=(",", ":"))

@@ -150,7 +150,9 @@ class AggregateUpdates:
         with self._lock:
             self.calls += 1
             if int(reply[0]) == 1 and len(reply) > 4 and reply[4]:
-                self._writer.buffer.append(self._summary(operation_id, [_text(part) for part in reply]), Rank.EVENT)
+                decoded = [_text(part) for part in reply]
+                rank = Rank.TERMINAL if decoded[3] else Rank.PROGRESS
+                self._writer.buffer.append(self._summary(operation_id, decoded), rank)
             if not int(reply[1]):
                 return
             at = time.monotonic() + int(reply[2]) / 1000

@@ -60,7 +60,7 @@ def current() -> TaskScope | None:
 
 
 def running_header(task_id: str, name: str) -> str | None:
-    """A string message header of the task Celery is running in this thread, if that task is ``task_id``.
+    """A message header (``header_text``) of the task Celery is running in this thread, if that task is ``task_id``.
 
     Celery 5 copies a message's custom headers onto ``task.request`` as attributes; ``request.headers`` is checked too.
     """
@@ -72,4 +72,11 @@ def running_header(task_id: str, name: str) -> str | None:
     value = getattr(request, name, None)
     if value is None:
         value = (getattr(request, "headers", None) or {}).get(name)
-    return value if isinstance(value, str) else None
+    return header_text(value)
+
+
+def header_text(value: object) -> str | None:
+    """A header value as text: a non-empty string, or an integer (a numeric user id) as its decimal text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) and value else None

@@ -199,7 +199,8 @@ def _on_before_publish(sender: str | None = None, headers: MutableMapping[str, A
 
 
 def _owner_of(binding: Binding, task_name: str, headers: MutableMapping[str, Any]) -> str | None:
-    """The user owning a task being sent: its header, else the app's hook (whose answer becomes the header)."""
+    """The user owning a task being sent: its header, else the app's hook; the answer becomes the header as text
+    (an integer user id too), which is what the worker reads."""
     owner = headers.get(OWNER_HEADER)
     if owner is None and binding.owner is not None:
         try:
@@ -207,9 +208,10 @@ def _owner_of(binding: Binding, task_name: str, headers: MutableMapping[str, Any
         except Exception:  # the application's hook: its failure must not keep the task from being sent
             logger.exception("celery-progress-ws: the owner hook failed for %s; the task is sent unowned", task_name)
             return None
-        if owner is not None:
-            headers[OWNER_HEADER] = owner = str(owner)
-    return owner if isinstance(owner, str) and owner else None
+    if owner is None or owner == "":
+        return None
+    headers[OWNER_HEADER] = owner = str(owner)
+    return owner
 
 
 def _announce_retry(scope: _context.TaskScope, task_name: str, headers: Mapping[str, Any]) -> None:
@@ -307,8 +309,7 @@ def _on_revoked(
         message = f"Task terminated (signal {signum})"
     else:
         message = "Task revoked"
-    owner = getattr(request, OWNER_HEADER, None)
-    owner = owner if isinstance(owner, str) and owner else None
+    owner = _context.header_text(getattr(request, OWNER_HEADER, None))
     _status(binding.publisher, request.id, TaskStatus.CANCELLED, sender.name, message, owner)
 
 

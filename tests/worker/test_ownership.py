@@ -45,11 +45,11 @@ def wait_for_summaries(
 
 @pytest.fixture
 def owned_worker(redis_url: str, broker_namespace: str, settings: ProgressSettings, tmp_path: Path) -> Iterator[Celery]:
-    """A prefork worker (2 children); the sender derives the owner from a `user` kwarg when no header is given."""
+    """A prefork worker (2 children); the sender's owner hook names user 7 for `cpws.hold_then_wait`."""
     from tests.support.worker_process import worker_process
 
-    def owner(task_name: str, headers: Mapping[str, Any]) -> str | None:
-        return "bob" if task_name == "cpws.hold_then_wait" else None
+    def owner(task_name: str, headers: Mapping[str, Any]) -> int | None:
+        return 7 if task_name == "cpws.hold_then_wait" else None  # a numeric user id, as Django's
 
     log = tmp_path / "worker.log"
     with worker_process(redis_url, broker_namespace, settings, log, ["--pool=prefork", "--concurrency=2"]) as app:
@@ -60,8 +60,8 @@ def owned_worker(redis_url: str, broker_namespace: str, settings: ProgressSettin
 def test_two_users_each_get_exactly_their_own_operations_from_a_prefork_worker(
     owned_worker: Celery, settings: ProgressSettings, redis_client: redis.Redis
 ) -> None:
-    """alice's header-owned tasks (one fails, one retries), bob's hook-owned task and tracked group each land in their
-    owner's summaries with final status, progress, times and error; an unowned task lands in nobody's."""
+    """alice's header-owned tasks (one fails, one retries), user 7's hook-owned task and bob's tracked group each land
+    in their owner's summaries with final status, progress, times and error; an unowned task lands in nobody's."""
     tasks = owned_worker.tasks
     counted = tasks["cpws.count"].apply_async((4,), headers={"progress_owner": "alice"})
     failed = tasks["cpws.fail"].apply_async(("bad row",), headers={"progress_owner": "alice"})
@@ -73,9 +73,11 @@ def test_two_users_each_get_exactly_their_own_operations_from_a_prefork_worker(
         result.get(timeout=60, propagate=False)
 
     alice = wait_for_summaries(redis_client, settings, "alice", {counted.id, failed.id, retried.id})
-    bob = wait_for_summaries(redis_client, settings, "bob", {hooked.id, grouped})
+    bob = wait_for_summaries(redis_client, settings, "bob", {grouped})
+    seven = wait_for_summaries(redis_client, settings, "7", {hooked.id})
     assert set(alice) == {counted.id, failed.id, retried.id}
-    assert set(bob) == {hooked.id, grouped}
+    assert set(bob) == {grouped}
+    assert seven[hooked.id]["status"] == "completed"
     done = alice[counted.id]
     assert (done["status"], done["progress_percentage"], done["task_name"]) == ("completed", 100, "cpws.count")
     assert done["queued_at"] <= done["started_at"] <= done["finished_at"]
