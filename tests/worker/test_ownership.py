@@ -187,3 +187,29 @@ def test_owned_operations_on_every_shard_of_a_cluster_land_in_one_user_s_slot(re
         **dict.fromkeys(operations, "completed"),
         grouped: "queued",
     }
+
+
+def test_summary_progress_follows_the_progress_throttle_and_lands_before_the_terminal_status(
+    settings: ProgressSettings, redis_client: redis.Redis
+) -> None:
+    """200 quick reports of an owned task: the feed gets one progress update per written progress entry (a handful),
+    and the summary reaches the last value before `completed`."""
+    keys = KeySpace(settings.key_prefix)
+    with ProgressPublisher(settings) as publisher:
+        publisher.own("op", "judy")
+        publisher.publish("op", "status_update", {"status": "started"})
+        for current in range(1, 200):
+            publisher.progress("op", current, 200)
+        publisher.publish("op", "status_update", {"status": "completed"}, final=True)
+    written = [
+        json.loads(fields["message"])
+        for _, fields in redis_client.xrange(keys.stream("op"))
+        if json.loads(fields["message"])["type"] == "chunking_progress"
+    ]
+    feed = [
+        json.loads(fields["message"])["data"] for _, fields in redis_client.xrange(keys.user_feed(user_digest("judy")))
+    ]
+    progress_updates = [data["progress_percentage"] for data in feed if data["status"] == "started"][1:]
+    assert len(progress_updates) == len(written) < 10
+    assert progress_updates[-1] == written[-1]["data"]["progress_percentage"] == 99.5
+    assert (feed[-1]["status"], feed[-1]["progress_percentage"]) == ("completed", 99.5)
