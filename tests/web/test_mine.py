@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, track
 from celery_progress_ws._core.keys import KeySpace
-from celery_progress_ws.web import ProgressManager, create_progress_router, owner_only
+from celery_progress_ws.web import ProgressManager, create_progress_app, create_progress_router, owner_only
 from tests.support.harness import ThreadServer, new_operation, receive_json, sse_events
 
 pytestmark = pytest.mark.integration
@@ -297,3 +297,21 @@ async def test_a_feed_resumed_after_trimmed_entries_gets_a_gap_first(mine_settin
                 assert (second.close_code, second.close_reason) == (1008, "User connection limit exceeded")
     finally:
         server.stop()
+
+
+async def test_create_progress_app_serves_the_same_routes(
+    mine_settings: ProgressSettings, writer: ProgressPublisher
+) -> None:
+    """The plain ASGI app shares the router: /me/operations lists the user's operation there too."""
+    manager = ProgressManager(settings=mine_settings)
+    server = ThreadServer(
+        manager, create_progress_app(manager, get_user_id=anonymous_or_user, authorize=owner_only(manager))
+    )
+    server.start()
+    try:
+        operation = queue(writer, "kim")
+        async with httpx.AsyncClient(base_url=server.http, headers={"x-user": "kim"}, timeout=10) as client:
+            listed = (await client.get("/me/operations")).json()
+    finally:
+        server.stop()
+    assert [summary["operation_id"] for summary in listed["operations"]] == [operation]
