@@ -86,7 +86,8 @@ fill('task_name', patch.task_name)
 if not changed then return 0 end
 local summary = cjson.encode(s)
 redis.call('HSET', KEYS[1], op, summary)
-redis.call('ZADD', KEYS[2], 'LT', score, op)
+local indexed = redis.call('ZSCORE', KEYS[2], op)
+if not indexed or score < tonumber(indexed) then redis.call('ZADD', KEYS[2], score, op) end
 local count = redis.call('ZCARD', KEYS[2])
 if count > max then
   local gone = redis.call('ZRANGE', KEYS[2], 0, count - max - 1)
