@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from redis.cluster import RedisCluster
 
 from .._core.clients import registration_client
-from .._core.errors import InvalidCursor
+from .._core.errors import InvalidCursor, InvalidStatusFilter
 from .._core.history_pages import DEFAULT_PAGE, MAX_PAGE, PageBuilder, index_rows, parse_statuses
 from .._core.keys import KeySpace, user_digest
 from .._core.redis_errors import REDIS_FAILURES, describe
@@ -77,7 +77,7 @@ def run_ls(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: Te
         settings = ProgressSettings(**overrides)
         statuses = parse_statuses(args.status)
         client = registration_client(settings)
-    except (ValidationError, ValueError) as exc:
+    except (ValidationError, InvalidStatusFilter, ValueError) as exc:  # ValueError: an unusable Redis URL
         err.write(f"{PROG}: {exc}\n")
         return EXIT_USAGE
     try:

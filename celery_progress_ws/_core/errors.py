@@ -8,6 +8,7 @@
     ├── InvalidEntryType        (also a ValueError)
     ├── InvalidUserDigest       (also a ValueError)
     ├── InvalidCursor           (also a ValueError)
+    ├── InvalidStatusFilter     (also a ValueError)
     ├── InvalidOrigin           (also a ValueError)
     ├── MalformedEntry          (also a ValueError)
     ├── EntryTooLarge           (also a ValueError)
@@ -54,6 +55,10 @@ class InvalidUserDigest(ProgressError, ValueError):
 
 class InvalidCursor(ProgressError, ValueError):
     """A ``cursor`` that no page of a user's operation list handed out."""
+
+
+class InvalidStatusFilter(ProgressError, ValueError):
+    """A status filter naming something that is not a ``TaskStatus``."""
 
 
 class MalformedEntry(ProgressError, ValueError):

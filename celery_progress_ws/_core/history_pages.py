@@ -14,7 +14,7 @@ import json
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from .errors import InvalidCursor
+from .errors import InvalidCursor, InvalidStatusFilter
 from .keys import validate_operation_id
 from .schemas import TaskStatus
 
@@ -43,14 +43,15 @@ def decode_cursor(cursor: str) -> IndexRow:
 
 
 def parse_statuses(values: Sequence[str] | None) -> frozenset[TaskStatus] | None:
-    """Status filters (repeated or comma-separated) as statuses; ``None`` for no filter; ``ValueError`` if unknown."""
+    """Status filters (repeated or comma-separated) as statuses; ``None`` for no filter; ``InvalidStatusFilter`` for
+    a name that is not a status."""
     if not values:
         return None
     names = [name.strip() for value in values for name in value.split(",") if name.strip()]
     try:
         return frozenset(TaskStatus(name) for name in names) or None
     except ValueError as exc:
-        raise ValueError(f"unknown status in {names!r}; one of {', '.join(TaskStatus)}") from exc
+        raise InvalidStatusFilter(f"unknown status in {names!r}; one of {', '.join(TaskStatus)}") from exc
 
 
 def index_rows(reply: Sequence[Any]) -> list[IndexRow]:

@@ -24,6 +24,7 @@ from .._core.errors import (
     InvalidChannelName,
     InvalidCursor,
     InvalidOperationId,
+    InvalidStatusFilter,
     OperationFinished,
     OperationNotFound,
     SourceUnavailable,
@@ -177,7 +178,7 @@ def create_progress_router(
         try:
             statuses = parse_statuses(status)
             return await manager._mine.page(user_id, cursor=cursor or None, statuses=statuses, limit=limit)
-        except (InvalidCursor, ValueError) as exc:
+        except (InvalidCursor, InvalidStatusFilter) as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
         except SourceUnavailable as exc:
             raise HTTPException(status_code=503, detail="Progress store unavailable") from exc

@@ -11,7 +11,7 @@ import redis
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws._core.append import ScriptAppend
-from celery_progress_ws._core.errors import InvalidCursor
+from celery_progress_ws._core.errors import InvalidCursor, InvalidStatusFilter
 from celery_progress_ws._core.history import SUMMARY_FIELDS, UserHistory, summary_patch
 from celery_progress_ws._core.history_pages import PageBuilder, decode_cursor, index_rows, parse_statuses
 from celery_progress_ws._core.keys import KeySpace, user_digest
@@ -176,7 +176,7 @@ def test_pages_follow_the_index_newest_first_with_cursor_and_status_filter() -> 
     assert parse_statuses(["queued,started"]) == {TaskStatus.QUEUED, TaskStatus.STARTED}
     with pytest.raises(InvalidCursor):
         decode_cursor("not-a-cursor")
-    with pytest.raises(ValueError, match="unknown status"):
+    with pytest.raises(InvalidStatusFilter, match="unknown status"):
         parse_statuses(["running"])
 
 
