@@ -5,8 +5,9 @@ three carry the operation id as their hash tag (``_core.keys``), so on Redis Clu
 
 Hash fields: ``kind``, ``total`` (children), ``tw`` (total weight), ``sum`` (weighted sum of child fractions),
 ``start_ms`` (Redis clock), counters ``queued``/``started``/``completed``/``failed``/``cancelled``, ``last_ms`` and
-``dirty`` (the in-script throttle), ``status`` (set once, when terminal), ``failed_ids`` (JSON, at most 100) and one
-``c:<child id>`` field per child holding ``state|fraction|weight|required`` (state: q, s, c, f or x).
+``dirty`` (the in-script throttle), ``status`` (set once, when terminal), ``failed_ids`` (JSON, at most 100), ``owner``
+(the owner's digest, for an owned operation) and one ``c:<child id>`` field per child holding
+``state|fraction|weight|required`` (state: q, s, c, f or x).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ elseif ev == 'cancel' then
   reason = {message = ARGV[12]}
 end
 local v = redis.call('HMGET', h, 'total', 'queued', 'started', 'completed', 'failed', 'cancelled', 'sum', 'tw',
-  'start_ms', 'last_ms', 'dirty', 'kind', 'failed_ids')
+  'start_ms', 'last_ms', 'dirty', 'kind', 'failed_ids', 'owner')
 local total, done, failed, cancelled = tonumber(v[1]), tonumber(v[4]), tonumber(v[5]), tonumber(v[6])
 if not terminal and done + failed + cancelled == total then
   if failed > 0 then terminal = 'failed'
@@ -133,12 +134,13 @@ if terminal then
   redis.call('HSET', h, 'status', terminal)
 end
 redis.call('EXPIRE', h, ttl)
-return {1, 0, 0, terminal or ''}
+return {1, 0, 0, terminal or '', v[14] or '', tostring(pct), reason.error_type or '', reason.error_message or ''}
 """
 )
 """KEYS: hash, stream. ARGV: child id, event (started, retrying, completed, failed, cancelled, progress, flush or
 cancel), fraction or '', throttle ms, maxlen, running ttl, completed ttl, failed ttl, live channel, ISO timestamp,
 error type, error message. Returns ``{written, dirty, due_ms, terminal status}``; written is -1 for an unknown
-aggregate and -2 for a task that is not one of its children."""
+aggregate and -2 for a task that is not one of its children. A written update adds the owner's digest (or ''), the
+percentage written, and the error type and message that failed it, for the owner's summary."""
 
 UPDATE = LuaScript(UPDATE_SCRIPT)

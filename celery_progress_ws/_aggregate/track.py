@@ -21,7 +21,8 @@ from redis.cluster import RedisCluster
 
 from .._core.clients import registration_client
 from .._core.codec import encode_entry, make_entry
-from .._core.keys import MAX_OPERATION_ID_LENGTH, KeySpace, validate_operation_id
+from .._core.history import RECORD_SCRIPT, UserHistory
+from .._core.keys import MAX_OPERATION_ID_LENGTH, KeySpace, user_digest, validate_operation_id
 from .._core.schemas import utc_now_iso
 from .._core.settings import ProgressSettings
 from .scripts import REGISTER_SCRIPT, UPDATE_SCRIPT
@@ -43,13 +44,15 @@ def track(
     weights: Sequence[float] | None = None,
     settings: ProgressSettings | None = None,
     client: redis.Redis | RedisCluster | None = None,
+    owner: str | None = None,
 ) -> str:
     """Apply a group, chord or chain (nesting allowed) as one aggregate operation and return its id.
 
     ``weights`` gives one positive weight per child task in canvas order (chain steps in order, a chord's header
     then its body); children weigh the same by default. ``settings`` default to ``ProgressSettings()``. The
     registration uses ``client`` if given (its own timeouts and retries then apply; a ``RedisCluster`` works too),
-    else a connection opened and closed for the call.
+    else a connection opened and closed for the call. ``owner``, a user id, records the operation in that user's
+    history as one operation (see docs/ownership.md); the workers keep its summary current.
     """
     settings = settings if settings is not None else ProgressSettings()
     operation_id = validate_operation_id(operation_id if operation_id is not None else uuid.uuid4().hex)
@@ -67,7 +70,8 @@ def track(
         raise ValueError("track() needs distinct child task ids")
     child_weights = _weights(weights, len(children))
     required = [req for _, req in leaves]
-    _register(settings, keys, operation_id, _kind(signature), children, required, child_weights, client=client)
+    kind = _kind(signature)
+    _register(settings, keys, operation_id, kind, children, required, child_weights, client=client, owner=owner)
     signature.apply_async()
     return operation_id
 
@@ -164,8 +168,10 @@ def _register(
     weights: list[float],
     *,
     client: redis.Redis | RedisCluster | None = None,
+    owner: str | None = None,
 ) -> None:
-    """Create the hash, the child->parent keys and the ``aggregate_started`` entries in one pipelined round trip.
+    """Create the hash, the child->parent keys and the ``aggregate_started`` entries in one pipelined round trip;
+    with an ``owner``, also its owner key and the ``queued`` summary in the owner's history.
 
     The pipeline is not a transaction: the hash, the stream and the live channel share the operation's slot, so
     ``REGISTER_SCRIPT`` runs on one node of a cluster, while each child's link is a SET of its own in the child's slot.
@@ -189,6 +195,9 @@ def _register(
     }
     for child, weight, req in zip(children, weights, required, strict=True):
         fields["c:" + child] = f"q|0|{weight!r}|{int(req)}"
+    digest = user_digest(owner) if owner is not None else None
+    if digest is not None:
+        fields["owner"] = digest
     ttl = settings.stream_ttl_seconds
     target = client if client is not None else registration_client(settings)
     pipe = target.pipeline(transaction=False)
@@ -204,6 +213,11 @@ def _register(
         pipe.execute_command(
             "EVAL", REGISTER_SCRIPT, 2, hash_key, stream, settings.stream_maxlen, ttl, live, ttl, *messages
         )
+        if digest is not None:
+            pipe.set(keys.operation_owner(operation_id), digest, ex=settings.history_ttl_seconds)
+            patch = {"status": "queued", "task_name": kind, "message": f"{kind.capitalize()} queued"}
+            record = UserHistory(settings).record(digest, operation_id, patch, utc_now_iso())
+            pipe.execute_command("EVAL", RECORD_SCRIPT, len(record.keys), *record.keys, *record.args)
         pipe.execute()
     finally:
         pipe.reset()

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._core.schemas import wire_json_schema_text
+from .ls_cli import add_ls_parser
 from .watch_cli import add_watch_parser
 
 Subcommands = Any  # argparse's private _SubParsersAction; not importable as a public type
@@ -35,7 +36,7 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[Subcommands], object]] = [_register_schema, add_watch_parser]
+COMMANDS: list[Callable[[Subcommands], object]] = [_register_schema, add_watch_parser, add_ls_parser]
 """Registration functions, one per sub-command."""
 
 

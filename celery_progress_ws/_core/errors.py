@@ -6,6 +6,9 @@
     ├── InvalidOperationId      (also a ValueError)
     ├── InvalidChannelName      (also a ValueError)
     ├── InvalidEntryType        (also a ValueError)
+    ├── InvalidUserDigest       (also a ValueError)
+    ├── InvalidCursor           (also a ValueError)
+    ├── InvalidStatusFilter     (also a ValueError)
     ├── InvalidOrigin           (also a ValueError)
     ├── MalformedEntry          (also a ValueError)
     ├── EntryTooLarge           (also a ValueError)
@@ -44,6 +47,18 @@ class InvalidChannelName(ProgressError, ValueError):
 
 class InvalidEntryType(ProgressError, ValueError):
     """An entry type that is not 1-64 characters of ``A-Z a-z 0-9 _ . : -`` (it names the event of an SSE frame)."""
+
+
+class InvalidUserDigest(ProgressError, ValueError):
+    """Not the SHA-256 hex digest that names a user's keys (``keys.user_digest``)."""
+
+
+class InvalidCursor(ProgressError, ValueError):
+    """A ``cursor`` that no page of a user's operation list handed out."""
+
+
+class InvalidStatusFilter(ProgressError, ValueError):
+    """A status filter naming something that is not a ``TaskStatus``."""
 
 
 class MalformedEntry(ProgressError, ValueError):

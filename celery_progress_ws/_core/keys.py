@@ -2,7 +2,8 @@
 
 Every key and channel of one operation carries the operation id as a Redis Cluster hash tag (``{<id>}``), so they
 share one slot and one Lua script may touch them all; a custom channel's stream and live channel share its name's tag.
-``{`` and ``}`` are therefore refused in operation ids, channel names and the key prefix.
+``{`` and ``}`` are therefore refused in operation ids, channel names and the key prefix. A user id never appears in a
+key: its SHA-256 digest does, and every key of one user carries that digest as its hash tag.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .errors import InvalidChannelName, InvalidEntryType, InvalidOperationId
+from .errors import InvalidChannelName, InvalidEntryType, InvalidOperationId, InvalidUserDigest
 
 MAX_OPERATION_ID_LENGTH = 128
 MAX_CHANNEL_LENGTH = 200
@@ -23,6 +24,11 @@ CHANNEL_LIVE_TEMPLATE = "stream-live:{{{channel}}}"
 AGGREGATE_TEMPLATE = "operation-aggregate:{{{operation_id}}}"
 AGGREGATE_PARENT_TEMPLATE = "operation-parent:{{{task_id}}}"
 USER_CONNECTIONS_TEMPLATE = "connections:user:{digest}"
+OPERATION_OWNER_TEMPLATE = "operation-owner:{{{operation_id}}}"
+USER_SUMMARIES_TEMPLATE = "operations:user:{{{digest}}}"
+USER_INDEX_TEMPLATE = "operations-index:user:{{{digest}}}"
+USER_FEED_TEMPLATE = "operations-feed:user:{{{digest}}}"
+USER_FEED_LIVE_TEMPLATE = "operations-feed-live:user:{{{digest}}}"
 
 ENTRY_TYPE_RULE = "1-64 characters of A-Z a-z 0-9 _ . : -"
 _ENTRY_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -30,6 +36,19 @@ _ENTRY_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 # Printable ASCII without whitespace, glob metacharacters (* ? [ ]), backslash or hash-tag braces ({ }).
 _SAFE_NAME = re.compile(r"[^\x00-\x20\x7f-\U0010ffff*?\[\]\\{}]+")
 _BRACES = frozenset("{}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def user_digest(user_id: str) -> str:
+    """The SHA-256 hex digest that stands for a user in every key (the user id itself is never stored)."""
+    return hashlib.sha256(str(user_id).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def validate_user_digest(digest: object) -> str:
+    """Return ``digest`` if it is a ``user_digest`` (64 lowercase hex characters), else raise ``InvalidUserDigest``."""
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise InvalidUserDigest("a user digest is 64 lowercase hexadecimal characters")
+    return digest
 
 
 def validate_operation_id(operation_id: object) -> str:
@@ -116,8 +135,28 @@ class KeySpace:
 
     def user_connections(self, user_id: str) -> str:
         """The sorted set of a user's connections across web processes; the user id is hashed, never embedded."""
-        digest = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()
-        return self.prefix + USER_CONNECTIONS_TEMPLATE.format(digest=digest)
+        return self.prefix + USER_CONNECTIONS_TEMPLATE.format(digest=user_digest(user_id))
+
+    def operation_owner(self, operation_id: str) -> str:
+        """The string holding the digest of an operation's owner; in the operation's slot."""
+        return self.prefix + OPERATION_OWNER_TEMPLATE.format(operation_id=validate_operation_id(operation_id))
+
+    def user_summaries(self, digest: str) -> str:
+        """The hash of a user's operation summaries (operation id -> summary JSON)."""
+        return self.prefix + USER_SUMMARIES_TEMPLATE.format(digest=validate_user_digest(digest))
+
+    def user_index(self, digest: str) -> str:
+        """The sorted set of a user's operation ids, scored by when each was queued (in microseconds: tasks sent
+        within one millisecond keep their order)."""
+        return self.prefix + USER_INDEX_TEMPLATE.format(digest=validate_user_digest(digest))
+
+    def user_feed(self, digest: str) -> str:
+        """The stream of a user's ``operation_update`` entries."""
+        return self.prefix + USER_FEED_TEMPLATE.format(digest=validate_user_digest(digest))
+
+    def user_feed_live(self, digest: str) -> str:
+        """The pub/sub channel on which each new entry of a user's feed is announced."""
+        return self.prefix + USER_FEED_LIVE_TEMPLATE.format(digest=validate_user_digest(digest))
 
     def aggregate(self, operation_id: str) -> str:
         """The hash holding an aggregate operation's children, counters and throttle state."""

@@ -35,6 +35,8 @@ CHUNKING_PROGRESS = "chunking_progress"
 CURRENT_STATE = "current_state"
 HISTORY_GAP = "history_gap"
 """Sent before the entries that follow a gap the server could not fill (trimmed, expired or lost entries)."""
+OPERATION_UPDATE = "operation_update"
+"""An entry of a user's feed: one of their operations was recorded or changed; ``data`` is its summary."""
 
 
 class GapReason(StrEnum):
@@ -128,6 +130,35 @@ class GapMessage(BaseModel):
     data: GapData
 
 
+class OperationSummary(BaseModel):
+    """What a user's operation index keeps of one operation, after its stream has expired too."""
+
+    operation_id: str
+    task_name: str | None = Field(default=None, description="The task's name, or the kind of a tracked canvas.")
+    status: TaskStatus
+    progress_percentage: float | None = Field(default=None, ge=0, le=100)
+    message: str | None = None
+    error_type: str | None = Field(default=None, description="Exception class name, for `failed`.")
+    error_message: str | None = Field(default=None, description="Exception text, for `failed`.")
+    queued_at: str | None = Field(default=None, description="ISO 8601; null when unknown.")
+    started_at: str | None = Field(default=None, description="ISO 8601; null when unknown.")
+    finished_at: str | None = Field(default=None, description="ISO 8601, set with the terminal status.")
+
+
+class OperationUpdateEntry(DeliveredEntry):
+    """An entry of a user's feed (``/me/ws``, ``/me/events``): an operation of theirs was recorded or changed."""
+
+    type: Literal["operation_update"] = "operation_update"
+    data: OperationSummary  # type: ignore[assignment]
+
+
+class OperationsPage(BaseModel):
+    """The answer of ``GET /me/operations``: summaries newest first, and the cursor of the next page."""
+
+    operations: list[OperationSummary]
+    next_cursor: str | None = Field(description="Pass as `?cursor=` for the next page; null on the last one.")
+
+
 def wire_json_schema() -> dict[str, Any]:
     """JSON Schema of every message shape, for front-end developers."""
     from pydantic.json_schema import models_json_schema
@@ -138,6 +169,8 @@ def wire_json_schema() -> dict[str, Any]:
         StatusUpdateEntry,
         ProgressEntry,
         GapMessage,
+        OperationUpdateEntry,
+        OperationsPage,
     ]
     _, schema = models_json_schema(
         [(model, "serialization") for model in models], title="celery-progress-ws wire format"

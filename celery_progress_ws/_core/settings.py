@@ -42,6 +42,18 @@ class ProgressSettings(BaseSettings):
     failed_ttl_seconds: int = Field(default=60, gt=0, description="TTL of a stream after `failed`.")
     stream_maxlen: int = Field(default=1000, gt=0, description="Maximum number of entries kept per stream.")
     channel_ttl_seconds: int = Field(default=900, gt=0, description="TTL of a custom channel's stream.")
+    history_ttl_seconds: int = Field(
+        default=7 * 86400,
+        gt=0,
+        description="How long a user's operation index, summaries and feed live after their last update, and an "
+        "operation's recorded owner after its own (see docs/ownership.md).",
+    )
+    history_max_per_user: int = Field(
+        default=100, gt=0, description="Operations kept in a user's index; the oldest are dropped beyond it."
+    )
+    history_feed_maxlen: int = Field(
+        default=1000, gt=0, description="Entries kept in a user's `operation_update` feed stream."
+    )
     include_traceback: bool = Field(default=False, description="Include the traceback in `failed` status entries.")
     publish_queued: bool = Field(
         default=True, description="Publish a `queued` entry when a task is sent from a configured process."

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from .codec import MESSAGE_FIELD, StreamId, parse_stream_id
+from .keys import KeySpace
 from .schemas import GapReason
 
 
@@ -20,13 +21,33 @@ class TopicKind(StrEnum):
 
     OPERATION = "operation"
     CHANNEL = "channel"
+    USER = "user"
+    """A user's feed of ``operation_update`` entries; its name is the user's digest. It never finishes."""
 
 
 class Topic(NamedTuple):
-    """One watched stream: an operation or a custom channel."""
+    """One watched stream: an operation, a custom channel or a user's feed."""
 
     kind: TopicKind
     name: str
+
+
+def topic_stream(keys: KeySpace, topic: Topic) -> str:
+    """The stream a topic reads."""
+    if topic.kind is TopicKind.OPERATION:
+        return keys.stream(topic.name)
+    if topic.kind is TopicKind.USER:
+        return keys.user_feed(topic.name)
+    return keys.channel_stream(topic.name)
+
+
+def topic_live(keys: KeySpace, topic: Topic) -> str:
+    """The pub/sub channel on which a topic's new entries are announced."""
+    if topic.kind is TopicKind.OPERATION:
+        return keys.live(topic.name)
+    if topic.kind is TopicKind.USER:
+        return keys.user_feed_live(topic.name)
+    return keys.channel_live(topic.name)
 
 
 RawEntry = tuple[str, "bytes | str | None"]

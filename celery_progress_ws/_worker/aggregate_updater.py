@@ -6,7 +6,8 @@ worker's main process reads the child->parent key (one GET). The calls go throug
 with its entries and buffered like them while Redis is down (a child's terminal update ranks with terminal statuses).
 Child progress is throttled per child (``throttle_seconds``) and the aggregate entries again inside the script; a
 held-back child value or a dirty aggregate is written by the publisher's background thread when its interval ends.
-Bookkeeping never raises into a task: errors are logged.
+An owned aggregate (``track(owner=)``) names its owner in each written update's reply; the owner's summary update is
+then buffered right behind it. Bookkeeping never raises into a task: errors are logged.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from .._aggregate.scripts import UPDATE
 from .._aggregate.track import AGGREGATE_HEADER, update_args, update_keys
 from .._core.append import ScriptCall
 from .._core.errors import ProgressError
+from .._core.history import UserHistory
 from .._core.keys import KeySpace
-from .._core.schemas import TaskStatus
+from .._core.schemas import TaskStatus, utc_now_iso
 from .._core.settings import ProgressSettings
 from .._core.throttle import Decision, Throttle
 from . import context as _context
@@ -62,6 +64,7 @@ class AggregateUpdates:
         self.calls = 0
         """Update calls Redis has answered (for benchmarks)."""
         self._keys = KeySpace(settings.key_prefix)
+        self._history = UserHistory(settings)
         self._writer = writer
         self._lock = lock
         self._wake = wake
@@ -143,15 +146,34 @@ class AggregateUpdates:
         return ScriptCall(UPDATE, keys, args, partial(self._replied, operation_id))
 
     def _replied(self, operation_id: str, reply: Any) -> None:
-        """``UPDATE_SCRIPT`` answered ``{written, dirty, due_ms, terminal}``: plan a flush of a dirty aggregate."""
+        """``UPDATE_SCRIPT`` answered ``{written, dirty, due_ms, terminal, ...}``: plan a flush of a dirty aggregate,
+        or follow a written update of an owned aggregate with its owner's summary update."""
         with self._lock:
             self.calls += 1
+            if int(reply[0]) == 1 and len(reply) > 4 and reply[4]:
+                decoded = [_text(part) for part in reply]
+                rank = Rank.TERMINAL if decoded[3] else Rank.PROGRESS
+                self._writer.hold(self._summary(operation_id, decoded), rank)
             if not int(reply[1]):
                 return
             at = time.monotonic() + int(reply[2]) / 1000
             if at < self._flushes.get(operation_id, float("inf")):
                 self._flushes[operation_id] = at
                 self._wake()
+
+    def _summary(self, operation_id: str, reply: list[str]) -> ScriptCall:
+        """The owner's summary update after a written aggregate entry (``reply`` decoded)."""
+        terminal, owner, percentage, error_type, error_message = reply[3:8]
+        patch: dict[str, Any] = {"status": terminal or "started", "progress_percentage": float(percentage)}
+        if terminal:
+            patch["message"] = f"Aggregate {terminal}"
+        if error_type or error_message:
+            patch.update(error_type=error_type or None, error_message=error_message or None)
+        return self._history.record(owner, operation_id, patch, utc_now_iso())
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def child_status(publisher: ProgressPublisher, task_id: str, status: TaskStatus, data: dict[str, Any]) -> None:
@@ -166,7 +188,7 @@ def child_status(publisher: ProgressPublisher, task_id: str, status: TaskStatus,
         operation_id = scope.aggregate_id if scope is not None else None
         if operation_id is None:
             if status is TaskStatus.STARTED:
-                operation_id = _parent_from_request(task_id)
+                operation_id = _context.running_header(task_id, AGGREGATE_HEADER)
                 if scope is not None:
                     scope.aggregate_id = operation_id
             elif status is TaskStatus.CANCELLED:
@@ -196,15 +218,3 @@ def child_progress(
         logger.warning("celery-progress-ws: no aggregate progress for task %s: %s", task_id, exc)
     except Exception:
         logger.exception("celery-progress-ws: aggregate progress for task %s failed", task_id)
-
-
-def _parent_from_request(task_id: str) -> str | None:
-    from celery import current_task
-
-    request = current_task.request if current_task else None
-    if request is None or request.id != task_id:
-        return None
-    parent = getattr(request, AGGREGATE_HEADER, None)
-    if parent is None:
-        parent = (getattr(request, "headers", None) or {}).get(AGGREGATE_HEADER)
-    return parent if isinstance(parent, str) else None

@@ -57,3 +57,26 @@ def pop(task_id: str) -> TaskScope | None:
 def current() -> TaskScope | None:
     """This thread's current scope."""
     return local.scope
+
+
+def running_header(task_id: str, name: str) -> str | None:
+    """A message header (``header_text``) of the task Celery is running in this thread, if that task is ``task_id``.
+
+    Celery 5 copies a message's custom headers onto ``task.request`` as attributes; ``request.headers`` is checked too.
+    """
+    from celery import current_task
+
+    request = current_task.request if current_task else None
+    if request is None or request.id != task_id:
+        return None
+    value = getattr(request, name, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(name)
+    return header_text(value)
+
+
+def header_text(value: object) -> str | None:
+    """A header value as text: a non-empty string, or an integer (a numeric user id) as its decimal text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) and value else None

@@ -32,9 +32,11 @@ from .._core import metrics
 from .._core.clients import validate_url
 from .._core.codec import encode_entry, make_entry
 from .._core.errors import InvalidOperationId
+from .._core.history import UserHistory
 from .._core.jsonsafe import PLAIN_TYPES, json_safe_fields, text_of
-from .._core.keys import KeySpace
+from .._core.keys import KeySpace, user_digest
 from .._core.policy import ttl_for
+from .._core.schemas import STATUS_UPDATE
 from .._core.settings import ProgressSettings
 from .._core.throttle import Decision, Throttle
 from .aggregate_updater import AggregateUpdates
@@ -74,6 +76,8 @@ class ProgressPublisher(PublisherThread):
         self._throttle: Throttle[RawProgress] = Throttle(self.settings.throttle_seconds)
         self._meter = ProgressMeter()
         self._appenders = {}
+        self._owners = {}
+        self._history = UserHistory(self.settings)
         self._writer = StreamWriter(self.settings, self._given_client, self._lock, self._on_backlog)
         self._aggregates = AggregateUpdates(self.settings, self._writer, self._lock, self._on_backlog)
         self._thread: threading.Thread | None = None
@@ -97,25 +101,42 @@ class ProgressPublisher(PublisherThread):
     # -- publishing -------------------------------------------------------------------------------------------------
 
     def publish(
-        self, operation_id: str, entry_type: str, data: dict[str, Any], *, final: bool = False
+        self,
+        operation_id: str,
+        entry_type: str,
+        data: dict[str, Any],
+        *,
+        final: bool = False,
+        owner: str | None = None,
     ) -> PublishResult:
         """Write one entry now, after the operation's held-back progress value if there is one.
 
-        ``final`` also forgets the operation's throttle and rate state (for the entry that ends a task attempt).
+        ``final`` also forgets the operation's throttle, rate state and owner (for the entry that ends a task
+        attempt). For an operation a user owns (``owner``, a user id, or one given to ``own``), a status entry also
+        records the owner and is followed by the owner's summary update (see docs/ownership.md).
         ``data`` is converted by the rules of ``celery_progress_ws._core.jsonsafe``. Raises ``InvalidOperationId``,
         ``EntryTooLarge`` or the ``TypeError``/``ValueError`` of a refused value before anything is written or
         forgotten; the held-back value written first never raises (one that cannot be encoded is logged and skipped).
         """
-        message = encode_entry(make_entry(entry_type, data), self.settings.max_entry_bytes)
+        entry = make_entry(entry_type, data)
+        message = encode_entry(entry, self.settings.max_entry_bytes)
         ttl = ttl_for(self.settings, entry_type, data)
         call = self._call(operation_id, message, ttl, metrics.entry_kind(entry_type))
+        given = user_digest(owner) if owner is not None else None
+        rank = rank_of(entry_type, data)
         with self._lock:
             raw = self._throttle.forget(operation_id) if final else self._throttle.take_pending(operation_id)
             if raw is not None:
                 self._enqueue_trailing(operation_id, raw)
+            digest = given or self._owners.get(operation_id)
+            summary = self._summary_call(operation_id, entry_type, data, entry["timestamp"], digest)
+            if digest is not None and summary is not None and entry_type == STATUS_UPDATE:
+                call = self._history.owned(call, operation_id, digest)
             if final:
                 self._forget_entries(operation_id)
-            result = self._writer.enqueue(call, rank_of(entry_type, data))
+            result = self._writer.enqueue(call, rank)
+            if result is not PublishResult.DROPPED:
+                self._enqueue_summary(summary, rank)
         result = self._writer.write_now(call, result)
         self._fold()
         return result
@@ -186,11 +207,13 @@ class ProgressPublisher(PublisherThread):
             try:
                 if fields and not COMPUTED_FIELDS.isdisjoint(fields):
                     check_fields(fields)
-                call = self._progress_call(operation_id, raw)
+                call, summary = self._progress_call(operation_id, raw)
             except (InvalidOperationId, TypeError):
                 self._throttle.forget(operation_id)
                 raise
             result = self._writer.enqueue(call, Rank.PROGRESS)
+            if result is not PublishResult.DROPPED:
+                self._enqueue_summary(summary, Rank.PROGRESS)
             self._ensure_thread()
         finally:
             lock.release()
@@ -213,6 +236,18 @@ class ProgressPublisher(PublisherThread):
             worker.dropped("buffer_full", now[1] - before[1])
         if now[2] != before[2]:
             worker.buffered(now[2])
+
+    def own(self, operation_id: str, user_id: str) -> None:
+        """Record ``user_id`` as the owner of a running operation: its statuses and progress update their summary
+        until the entry that ends the attempt (``final``) or ``disown``."""
+        digest = user_digest(user_id)
+        with self._lock:
+            self._owners[operation_id] = digest
+
+    def disown(self, operation_id: str) -> None:
+        """Forget an operation's owner in this process (its task ended without a final entry)."""
+        with self._lock:
+            self._owners.pop(operation_id, None)
 
     def flush_operation(self, operation_id: str) -> None:
         """Write the operation's held-back progress value now, if it has one (a task ends without a status)."""

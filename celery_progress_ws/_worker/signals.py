@@ -4,6 +4,10 @@ Handlers are connected once per process (the first time an app enables them) and
 weak registry, so tasks and workers of other apps in the same process are ignored. ``before_task_publish`` carries no
 app: a process with exactly one app enabled for ``queued`` entries writes them for every task it sends; with several,
 the app that has the task registered is chosen, and a task none of them knows is skipped.
+
+Ownership: a message with an ``OWNER_HEADER`` header (or whose owner the app's ``owner`` hook names; the header is
+then added) belongs to that user: its ``queued`` entry records the owner, and the worker reads the header from the task
+request when the task starts, so every status and progress of the task updates the owner's summary.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +37,12 @@ CONF_KEY = "celery_progress_ws"
 MAX_ERROR_MESSAGE = 2000
 """Characters of an exception's text kept in a ``failed`` entry."""
 
+OWNER_HEADER = "progress_owner"
+"""Message header naming the user who owns a task: ``task.apply_async(..., headers={OWNER_HEADER: user_id})``."""
+
+OwnerHook = Callable[[str, Mapping[str, Any]], object]
+"""``owner(task_name, headers)``: the user id owning a task being sent, or ``None``; for apps that derive it."""
+
 
 @dataclass(eq=False)
 class Binding:
@@ -41,6 +51,7 @@ class Binding:
     publisher: ProgressPublisher
     lifecycle: bool = False
     queued: bool = False
+    owner: OwnerHook | None = None
 
 
 _bindings: weakref.WeakKeyDictionary[Celery, Binding] = weakref.WeakKeyDictionary()
@@ -68,16 +79,22 @@ def enable_worker_events(app: Celery, publisher: ProgressPublisher) -> Binding:
     return binding
 
 
-def enable_queued_events(app: Celery, settings: ProgressSettings | None = None) -> ProgressPublisher:
+def enable_queued_events(
+    app: Celery, settings: ProgressSettings | None = None, *, owner: OwnerHook | None = None
+) -> ProgressPublisher:
     """Write a ``queued`` entry for every task this process sends through ``app``; for web apps that only send tasks.
 
     ``settings`` default to ``settings_for_app(app)``. Call it once at start-up; it returns the publisher it uses.
     If ``app`` is already enabled in this process (say, by the bootstep), that publisher is kept and returned.
+    ``owner(task_name, headers)`` names the user owning a task sent without a ``progress_owner`` header (``None``:
+    nobody); see docs/ownership.md.
     """
     binding = _bindings.get(app)
     if binding is None:
         binding = _bindings.setdefault(app, Binding(ProgressPublisher(settings or settings_for_app(app))))
     binding.queued = True
+    if owner is not None:
+        binding.owner = owner
     _connect()
     return binding.publisher
 
@@ -113,7 +130,13 @@ def _lifecycle(task: Task[Any, Any] | None) -> Binding | None:
 
 
 def _status(
-    publisher: ProgressPublisher, task_id: str | None, status: TaskStatus, task_name: str, message: str, **extra: Any
+    publisher: ProgressPublisher,
+    task_id: str | None,
+    status: TaskStatus,
+    task_name: str,
+    message: str,
+    owner: str | None = None,
+    **extra: Any,
 ) -> None:
     """Publish one status entry; all but ``queued``/``started`` end an attempt, flushing its held-back value first."""
     if not task_id:
@@ -122,10 +145,10 @@ def _status(
     final = status not in (TaskStatus.QUEUED, TaskStatus.STARTED)
     try:
         try:
-            publisher.publish(task_id, STATUS_UPDATE, data, final=final)
+            publisher.publish(task_id, STATUS_UPDATE, data, final=final, owner=owner)
         except EntryTooLarge:  # a huge exception text or traceback: keep the status, drop the details
             data = {"status": status.value, "task_name": task_name, "message": message[:200]}
-            publisher.publish(task_id, STATUS_UPDATE, data, final=final)
+            publisher.publish(task_id, STATUS_UPDATE, data, final=final, owner=owner)
     except ProgressError as exc:  # a custom task id that cannot be a key, or a tiny max_entry_bytes
         metrics.worker.dropped(metrics.drop_reason(exc))
         logger.warning("celery-progress-ws: no %s entry for task %s: %s", status.value, task_id, exc)
@@ -157,8 +180,8 @@ def _flush(publisher: ProgressPublisher, operation_id: str) -> None:
         logger.exception("celery-progress-ws: held-back progress of %s not flushed", operation_id)
 
 
-def _on_before_publish(sender: str | None = None, headers: Mapping[str, Any] | None = None, **_: Any) -> None:
-    headers = headers or {}
+def _on_before_publish(sender: str | None = None, headers: MutableMapping[str, Any] | None = None, **_: Any) -> None:
+    headers = headers if headers is not None else {}
     task_id = headers.get("id")
     if headers.get("retries"):
         scope = _scope_of(task_id)
@@ -170,7 +193,25 @@ def _on_before_publish(sender: str | None = None, headers: Mapping[str, Any] | N
         candidates = [binding for binding in _bindings.values() if binding.queued]
         if len(candidates) != 1:
             return
-    _status(candidates[0].publisher, task_id, TaskStatus.QUEUED, sender or "", "Task queued")
+    binding = candidates[0]
+    owner = _owner_of(binding, sender or "", headers)
+    _status(binding.publisher, task_id, TaskStatus.QUEUED, sender or "", "Task queued", owner)
+
+
+def _owner_of(binding: Binding, task_name: str, headers: MutableMapping[str, Any]) -> str | None:
+    """The user owning a task being sent: its header, else the app's hook; the answer becomes the header as text
+    (an integer user id too), which is what the worker reads."""
+    owner = headers.get(OWNER_HEADER)
+    if owner is None and binding.owner is not None:
+        try:
+            owner = binding.owner(task_name, headers)
+        except Exception:  # the application's hook: its failure must not keep the task from being sent
+            logger.exception("celery-progress-ws: the owner hook failed for %s; the task is sent unowned", task_name)
+            return None
+    if owner is None or owner == "":
+        return None
+    headers[OWNER_HEADER] = owner = str(owner)
+    return owner
 
 
 def _announce_retry(scope: _context.TaskScope, task_name: str, headers: Mapping[str, Any]) -> None:
@@ -194,6 +235,9 @@ def _on_prerun(sender: Task[Any, Any] | None = None, task_id: str | None = None,
     if binding is None or sender is None or not task_id:
         return
     _context.push(_context.TaskScope(task_id, binding.publisher))
+    owner = _context.running_header(task_id, OWNER_HEADER)
+    if owner:
+        binding.publisher.own(task_id, owner)
     _status(binding.publisher, task_id, TaskStatus.STARTED, sender.name, "Task started")
 
 
@@ -204,6 +248,7 @@ def _on_postrun(sender: Task[Any, Any] | None = None, task_id: str | None = None
     _flush_domain_operations(_scope_of(task_id))
     if _context.pop(task_id) is not None:  # Ignore/Reject end a task without a terminal signal: keep the last value
         _flush(binding.publisher, task_id)
+    binding.publisher.disown(task_id)
 
 
 def _on_retry(sender: Task[Any, Any] | None = None, request: Any = None, reason: Any = None, **_: Any) -> None:
@@ -264,7 +309,8 @@ def _on_revoked(
         message = f"Task terminated (signal {signum})"
     else:
         message = "Task revoked"
-    _status(binding.publisher, request.id, TaskStatus.CANCELLED, sender.name, message)
+    owner = _context.header_text(getattr(request, OWNER_HEADER, None))
+    _status(binding.publisher, request.id, TaskStatus.CANCELLED, sender.name, message, owner)
 
 
 def _on_process_shutdown(**_: Any) -> None:

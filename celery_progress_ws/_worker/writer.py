@@ -101,14 +101,16 @@ class StreamWriter:
         return None
 
     def write_now(self, call: WriteCall, result: PublishResult | None) -> PublishResult:
-        """Finish what ``enqueue`` started: drain the call's lane unless the entry was already buffered or dropped, and
-        say what became of ``call`` (whichever thread wrote it)."""
+        """Finish what ``enqueue`` started: drain the call's lane unless the entry was already buffered or dropped, then
+        the other healthy lanes (a summary queued beside an entry may live on another shard), and say what became of
+        ``call`` (whichever thread wrote it)."""
         if result is not None:
             return result
         try:
             with self._lock:
                 lane = self.lanes.lane_for(call)
-            self._drain_lane(lane, probe=False)
+            if self._drain_lane(lane, probe=False):
+                self.drain()
         finally:
             with self._lock:
                 outcome = self._awaited.pop(id(call), None)

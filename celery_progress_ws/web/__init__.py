@@ -13,6 +13,7 @@ Other ASGI frameworks mount ``create_progress_app(manager, get_user_id=..., auth
 from ._app import ProgressApp, create_progress_app
 from ._async_publisher import AsyncProgressPublisher
 from ._manager import ProgressManager
+from ._mine import owner_only
 from ._router import Authorize, create_progress_router
 from ._state import OperationGetter
 from ._uvicorn import uvicorn_options
@@ -25,5 +26,6 @@ __all__ = [
     "ProgressManager",
     "create_progress_app",
     "create_progress_router",
+    "owner_only",
     "uvicorn_options",
 ]

@@ -3,6 +3,7 @@
 The web process writes the ``cancelled`` status itself (for an aggregate, ``cancel_aggregate`` does, atomically), right
 after the revoke is broadcast, so viewers see it before any worker acts. A worker that then revokes or terminates the
 task writes its own ``cancelled`` entry; clients stop at the first terminal entry, so the second one is harmless.
+An owned operation's summary is marked ``cancelled`` by the web process too (the worker's later update changes nothing).
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ class Canceller:
             await self._manager.send_update(operation_id, STATUS_UPDATE, data)
         elif not await _redis_call(cancel_aggregate_async(operation_id, settings, client, CANCELLED_MESSAGE)):
             raise OperationFinished()  # it ended between the check and the revoke (revoking finished tasks is a no-op)
+        try:
+            await self._manager._mine.record(operation_id, {"status": "cancelled", "message": CANCELLED_MESSAGE})
+        except RedisError as exc:  # the worker's own `cancelled` updates the summary when it revokes the task
+            logger.warning("Marking the summary of %s cancelled failed: %s", operation_id, exc)
         logger.info("Cancelled %s (%d tasks revoked, terminate=%s)", operation_id, len(targets), terminate)
         return Cancellation(operation_id, targets, terminate)
 

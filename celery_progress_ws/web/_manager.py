@@ -30,6 +30,7 @@ from ._connections import Connections
 from ._gateway import Gateway
 from ._hub import Hub
 from ._metrics import WebTally, count_into
+from ._mine import UserOperations
 from ._reads import NewestReader, OperationReads
 from ._redis_source import RedisSource
 from ._registry import ConnectionKey
@@ -104,6 +105,7 @@ class ProgressManager:
             tally=self._tally,
         )
         self._gateway = Gateway(self._connections, self.startup, self._tally)
+        self._mine = UserOperations(self.redis, self.settings)
         self._exit_watch = ServerExitWatch(self._gateway.end_streams)
         self._starting: asyncio.Future[None] | None = None
         self._closed = False

@@ -30,7 +30,16 @@ from .._core.errors import MalformedEntry, SourceUnavailable
 from .._core.keys import KeySpace
 from .._core.redis_errors import OUTAGE
 from .._core.settings import ProgressSettings
-from .._core.streams import RawEntry, SourceListener, StreamInfo, Topic, TopicKind, raw_entry, stream_info
+from .._core.streams import (
+    RawEntry,
+    SourceListener,
+    StreamInfo,
+    Topic,
+    raw_entry,
+    stream_info,
+    topic_live,
+    topic_stream,
+)
 from ._metrics import WebTally
 from ._stall import StallGuard
 from ._tasks import stop_task
@@ -146,14 +155,10 @@ class RedisSource:
                 future.set_result(True)
 
     def _channel(self, topic: Topic) -> bytes:
-        if topic.kind is TopicKind.OPERATION:
-            return self._keys.live(topic.name).encode()
-        return self._keys.channel_live(topic.name).encode()
+        return topic_live(self._keys, topic).encode()
 
     def _stream(self, topic: Topic) -> str:
-        if topic.kind is TopicKind.OPERATION:
-            return self._keys.stream(topic.name)
-        return self._keys.channel_stream(topic.name)
+        return topic_stream(self._keys, topic)
 
     # -- reads ----------------------------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """``create_progress_router``: HTTP and WebSocket routes translated to calls of a ``ProgressManager``, nothing more.
 
 Each connection route holds its session from opening to end: the manager's gateway opens it and ends it once its
-socket is gone. Snapshots, resume checks and cancels read through the manager's reads.
+socket is gone. Snapshots, resume checks and cancels read through the manager's reads. The ``/me/...`` routes serve
+the requesting user's own operations: their list, and their feed as a topic of its own (see docs/ownership.md).
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the routes' annotations, which use a local alias.
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from celery import Celery
-from fastapi import APIRouter, Depends, Header, HTTPException, Response, WebSocket, WebSocketException
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response, WebSocket, WebSocketException
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.requests import HTTPConnection
 
@@ -21,18 +22,22 @@ from .._core.errors import (
     BrokerUnavailable,
     ConnectionRefused,
     InvalidChannelName,
+    InvalidCursor,
     InvalidOperationId,
+    InvalidStatusFilter,
     OperationFinished,
     OperationNotFound,
     SourceUnavailable,
     Unauthorized,
 )
+from .._core.history_pages import DEFAULT_PAGE, MAX_PAGE, parse_statuses
 from .._core.keys import validate_channel, validate_operation_id
 from .._core.streams import Topic, TopicKind
 from . import _close_codes as close
 from ._cancel import Canceller
 from ._manager import ProgressManager
 from ._metrics import WebTally, exposition
+from ._mine import feed_topic, is_anonymous
 from ._origin import OriginPolicy
 from ._sse import EventStreamResponse
 from ._websocket import ClientInput, refuse, serve
@@ -142,8 +147,12 @@ def create_progress_router(
         await _authorized(authorize, user_id, operation_id, tally)
         if resume is not None and await manager._reads.is_finished(operation_id, resume):
             return Response(status_code=204)  # tells EventSource not to reconnect: nothing more will come
+        return await open_event_stream(Topic(TopicKind.OPERATION, operation_id), str(user_id), resume)
+
+    async def open_event_stream(topic: Topic, user_id: str, resume: str | None) -> Response:
+        """An event stream of ``topic`` for ``user_id``, within the limits (else 429)."""
         try:
-            session = await gateway.open_stream(Topic(TopicKind.OPERATION, operation_id), str(user_id), resume)
+            session = await gateway.open_stream(topic, user_id, resume)
         except ConnectionRefused as exc:
             raise HTTPException(status_code=429, detail=exc.reason) from exc
         settings = manager.settings
@@ -154,6 +163,57 @@ def create_progress_router(
             on_end=gateway.end,
             tally=tally,
         )
+
+    @guarded.get("/me/operations")
+    async def my_operations(
+        user_id: UserId,
+        cursor: str | None = None,
+        status: Annotated[list[str] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+    ) -> dict[str, Any]:
+        """The user's operations newest first, ``{"operations": [...], "next_cursor": ...}``; ``?status=`` (repeated
+        or comma-separated) filters, ``?cursor=`` continues from the previous page."""
+        if is_anonymous(user_id):
+            raise HTTPException(status_code=403, detail=Unauthorized.reason)
+        try:
+            statuses = parse_statuses(status)
+            return await manager._mine.page(user_id, cursor=cursor or None, statuses=statuses, limit=limit)
+        except (InvalidCursor, InvalidStatusFilter) as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        except SourceUnavailable as exc:
+            raise HTTPException(status_code=503, detail="Progress store unavailable") from exc
+
+    @guarded.websocket("/me/ws")
+    async def my_socket(websocket: WebSocket, user_id: UserId, last_event_id: str | None = None) -> None:
+        """The user's feed of ``operation_update`` entries over a WebSocket; resume with ``?last_event_id=``."""
+        try:
+            resume = _resume_id(last_event_id)
+        except _BadRequest as exc:
+            tally.refuse("invalid")
+            await refuse(websocket, str(exc))
+            return
+        if is_anonymous(user_id):
+            tally.refuse("unauthorized")
+            await refuse(websocket, Unauthorized.reason)
+            return
+        await hold_socket(websocket, feed_topic(user_id), str(user_id), resume)
+
+    @guarded.get("/me/events", response_model=None)
+    async def my_events(
+        user_id: UserId,
+        last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+        last_event_id: str | None = None,
+    ) -> Response:
+        """The user's feed as Server-Sent Events; resume with ``Last-Event-ID`` or ``?last_event_id=``."""
+        try:
+            resume = _resume_id(last_event_id_header or last_event_id)
+        except _BadRequest as exc:
+            tally.refuse("invalid")
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        if is_anonymous(user_id):
+            tally.refuse("unauthorized")
+            raise HTTPException(status_code=403, detail=Unauthorized.reason)
+        return await open_event_stream(feed_topic(user_id), str(user_id), resume)
 
     @guarded.get("/operations/{operation_id}")
     async def operation_snapshot(operation_id: str, user_id: UserId) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from redis.crc import key_slot
 
 from celery_progress_ws import InvalidChannelName, InvalidOperationId, ProgressSettings, validate_operation_id
-from celery_progress_ws._core.keys import KeySpace, validate_channel
+from celery_progress_ws._core.errors import InvalidUserDigest
+from celery_progress_ws._core.keys import KeySpace, user_digest, validate_channel
 
 BAD = ["", "x" * 129, "a b", "a\tb", "a\nb", "a\x00b", "a\x1bb", "a\x7fb", "a*", "a?", "a[b", "a]b", "a\\b", "é"]
 BAD += ["{tag}", "a{b", "a}b", 7, None]
@@ -94,3 +95,17 @@ def test_braces_in_the_key_prefix_are_refused(prefix: str) -> None:
         ProgressSettings(key_prefix=prefix)
     with pytest.raises(ValueError, match=r"contains \{ or \}"):
         KeySpace(prefix)
+
+
+def test_a_user_s_history_keys_share_the_slot_of_their_digest_and_never_hold_the_user_id() -> None:
+    """Summaries, index, feed and feed channel of a user carry sha256(user id) as tag; the owner key the op's."""
+    keys = KeySpace("app:")
+    digest = user_digest("alice@example.com")
+    assert digest == hashlib.sha256(b"alice@example.com").hexdigest()
+    names = [keys.user_summaries(digest), keys.user_index(digest), keys.user_feed(digest), keys.user_feed_live(digest)]
+    assert {key_slot(name.encode()) for name in names} == {key_slot(digest.encode())}
+    assert all("alice" not in name for name in names)
+    assert keys.user_index(digest) == f"app:operations-index:user:{{{digest}}}"
+    assert keys.operation_owner("op") == "app:operation-owner:{op}"
+    with pytest.raises(InvalidUserDigest):
+        keys.user_feed("alice")

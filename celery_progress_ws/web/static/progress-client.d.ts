@@ -43,6 +43,43 @@ export interface GapMessage {
   data: GapData;
 }
 
+/** What a user's operation index keeps of one operation, after its stream has expired too. */
+export interface OperationSummary {
+  operation_id: string;
+  /** The task's name, or the kind of a tracked canvas. */
+  task_name?: string | null;
+  status: TaskStatus;
+  /** From 0 to 100. */
+  progress_percentage?: number | null;
+  message?: string | null;
+  /** Exception class name, for `failed`. */
+  error_type?: string | null;
+  /** Exception text, for `failed`. */
+  error_message?: string | null;
+  /** ISO 8601; null when unknown. */
+  queued_at?: string | null;
+  /** ISO 8601; null when unknown. */
+  started_at?: string | null;
+  /** ISO 8601, set with the terminal status. */
+  finished_at?: string | null;
+}
+
+/** An entry of a user's feed (`/me/ws`, `/me/events`): an operation of theirs was recorded or changed. */
+export interface OperationUpdateEntry {
+  timestamp: string;
+  type: "operation_update";
+  data: OperationSummary;
+  /** Stream entry id, e.g. `1732570000000-0`; resume with it as `last_event_id`. */
+  id: string;
+}
+
+/** The answer of `GET /me/operations`: summaries newest first, and the cursor of the next page. */
+export interface OperationsPage {
+  operations: OperationSummary[];
+  /** Pass as `?cursor=` for the next page; null on the last one. */
+  next_cursor: string | null;
+}
+
 /** `data` of a `chunking_progress` entry, as written by `report_progress`; extra fields allowed. */
 export interface ProgressData {
   /** From 0 to 100. */
