@@ -1,7 +1,7 @@
 """The stream source over a Redis Cluster: sharded pub/sub (``SSUBSCRIBE``) on each primary that serves a watched
 topic, history reads through the cluster client (``StreamReads``). ``_redis_source`` is its one-server counterpart.
 
-Each primary that holds a live channel of a local subscriber gets one pub/sub connection (a ``_Shard``). A channel
+Each primary that holds a live channel of a local subscriber gets one pub/sub connection (a ``Shard``). A channel
 leaves its shard when that connection drops or when the server unsubscribes it (``sunsubscribe``: its slot moved to
 another node, by a failover or a migration). Then the hub is told those topics' live entries may be missed
 (``on_lost``), the slot map is read again, the channel is subscribed on its new owner, and once that is confirmed the
@@ -13,35 +13,24 @@ catch-up, and a gap is reported only if its last delivered entry is missing ther
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections import Counter
 
-from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import ConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import SlotNotCoveredError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._core.codec import decode_live
 from .._core.errors import MalformedEntry, SourceUnavailable
-from .._core.redis_errors import REDIS_FAILURES
 from .._core.settings import ProgressSettings
 from .._core.streams import SourceListener, Topic
+from ._cluster_shard import FAILURES, Shard
 from ._metrics import WebTally
 from ._stream_reads import StreamReads
 from ._tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
-FAILURES: tuple[type[Exception], ...] = (*REDIS_FAILURES, OSError)
-"""What a lost node, a reconfiguring cluster or the cluster client's own errors raise."""
 BACKOFF_FIRST_SECONDS = 0.05
 
 
@@ -55,9 +44,9 @@ class ClusterSource(StreamReads):
         self._backoff_max = settings.reconnect_max_seconds
         self._listener: SourceListener | None = None
         self._wanted: dict[bytes, Topic] = {}
-        self._shards: dict[str, _Shard] = {}
+        self._shards: dict[str, Shard] = {}
         """Node name -> the pub/sub connection to that primary."""
-        self._home: dict[bytes, _Shard] = {}
+        self._home: dict[bytes, Shard] = {}
         """Channel -> the shard it is subscribed (or being subscribed) on."""
         self._homeless: set[bytes] = set()
         self._confirmed: set[bytes] = set()
@@ -129,9 +118,10 @@ class ClusterSource(StreamReads):
         if shard is not None:
             await shard.remove(channel)
 
-    def _confirm(self, shard: _Shard, channel: bytes) -> None:
+    def confirm(self, shard: Shard, channel: bytes) -> None:
         if self._home.get(channel) is not shard:
             return
+        shard.confirmed_any = True
         self._setbacks = 0
         self._confirmed.add(channel)
         for future in self._waiting.pop(channel, ()):
@@ -140,11 +130,13 @@ class ClusterSource(StreamReads):
         topic = self._wanted.get(channel)
         if channel in self._lost:
             self._lost.discard(channel)
-            self._tally.reconnects += 1
+            if not shard.restored:  # counted once per connection that takes over lost channels
+                shard.restored = True
+                self._tally.reconnects += 1
             if topic is not None and self._listener is not None:
                 self._listener.on_restored([topic])
 
-    def _orphan(self, shard: _Shard, channels: set[bytes]) -> None:
+    def orphan(self, shard: Shard, channels: set[bytes]) -> None:
         """``channels`` left ``shard``: tell the hub, and subscribe them again where the new slot map says."""
         topics = []
         for channel in channels:
@@ -166,7 +158,7 @@ class ClusterSource(StreamReads):
             if self._listener is not None:
                 self._listener.on_lost(topics)
 
-    def _dispatch(self, shard: _Shard, channel: bytes, payload: bytes) -> None:
+    def dispatch(self, shard: Shard, channel: bytes, payload: bytes) -> None:
         topic = self._wanted.get(channel)
         if topic is None or self._home.get(channel) is not shard or self._listener is None:
             return
@@ -226,116 +218,8 @@ class ClusterSource(StreamReads):
                 raise SlotNotCoveredError(f"no primary serves the slot of {channel!r}")
             shard = self._shards.get(node.name)
             if shard is None or shard.closing:
-                shard = self._shards[node.name] = _Shard(self, node)
+                shard = self._shards[node.name] = Shard(self, self._cluster, node, self._ping_interval)
                 shard.start()
             self._homeless.discard(channel)
             self._home[channel] = shard
             await shard.add(channel)
-
-
-class _Shard:
-    """One pub/sub connection to one primary, holding the sharded subscriptions of the channels it serves."""
-
-    def __init__(self, source: ClusterSource, node: ClusterNode) -> None:
-        self.node = node
-        self.run_id: str | None = None
-        self.closing = False
-        self._source = source
-        self._channels: set[bytes] = set()
-        self._leaving: Counter[bytes] = Counter()
-        """Channels this process unsubscribed: their ``sunsubscribe`` replies are expected."""
-        never = Retry(NoBackoff(), 0, supported_errors=())
-        kwargs = {**node.connection_kwargs, "retry": never}
-        self._pool = ConnectionPool(connection_class=node.connection_class, max_connections=1, **kwargs)
-        self._pubsub = PubSub(self._pool)
-        self._ready = False
-        self._send_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        name = f"celery-progress-ws shard {self.node.name}"
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
-
-    async def stop(self) -> None:
-        self.closing = True
-        task, self._task = self._task, None
-        await stop_task(task)
-        await self._close()
-
-    async def add(self, channel: bytes) -> None:
-        self._channels.add(channel)
-        if self._ready:
-            await self._send("SSUBSCRIBE", [channel])
-
-    async def remove(self, channel: bytes) -> None:
-        self._channels.discard(channel)
-        if self._ready:
-            self._leaving[channel] += 1
-            await self._send("SUNSUBSCRIBE", [channel])
-
-    async def _send(self, command: str, channels: list[bytes]) -> None:
-        """Send ``command`` per slot (a sharded subscription names channels of one slot); a failure is noticed, and
-        the channels handed back, by the listening loop."""
-        by_slot: dict[int, list[bytes]] = {}
-        for channel in channels:
-            by_slot.setdefault(key_slot(channel), []).append(channel)
-        with contextlib.suppress(*FAILURES):
-            async with self._send_lock:
-                for group in by_slot.values():
-                    connection = self._pubsub.connection
-                    if connection is None or not connection.is_connected:
-                        return  # sending would reconnect silently, without the subscriptions
-                    await self._pubsub.execute_command(command, *group)
-
-    async def _run(self) -> None:
-        try:
-            await self._pubsub.connect()  # type: ignore[no-untyped-call]
-            server = await self._source._cluster.info("server", target_nodes=self.node)
-            self.run_id = str(server.get("run_id", "")) or None
-            self._ready = True
-            await self._send("SSUBSCRIBE", list(self._channels))
-            await self._listen()
-        except FAILURES as exc:
-            logger.warning("Live progress lost cluster node %s (%s); resubscribing its channels", self.node.name, exc)
-        except Exception:  # a task boundary: hand the channels back whatever went wrong
-            logger.exception("Live progress listener of cluster node %s failed", self.node.name)
-        finally:
-            self.closing = True
-            self._ready = False
-            self._source._orphan(self, set(self._channels))
-            await self._close()
-
-    async def _listen(self) -> None:
-        awaiting_pong = False
-        while self._channels or self._leaving:
-            connection = self._pubsub.connection
-            if connection is None or not connection.is_connected:  # never let redis-py reconnect silently
-                raise RedisConnectionError("the pub/sub connection was closed")
-            message = await self._pubsub.get_message(timeout=self._source._ping_interval)
-            if message is None:
-                if awaiting_pong:
-                    raise RedisTimeoutError(f"no answer to PING within {self._source._ping_interval} s")
-                async with self._send_lock:
-                    await self._pubsub.ping()
-                awaiting_pong = True
-                continue
-            awaiting_pong = False
-            kind, channel = message["type"], message["channel"]
-            if kind == "smessage":
-                self._source._dispatch(self, channel, message["data"])
-            elif kind == "ssubscribe":
-                self._source._confirm(self, channel)
-            elif kind == "sunsubscribe":
-                if self._leaving[channel] > 0:
-                    self._leaving[channel] -= 1
-                    if not self._leaving[channel]:
-                        del self._leaving[channel]
-                elif channel in self._channels:  # the server's own: the slot moved to another node
-                    self._channels.discard(channel)
-                    self._source._orphan(self, {channel})
-
-    async def _close(self) -> None:
-        with contextlib.suppress(*FAILURES):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        with contextlib.suppress(*FAILURES):
-            await self._pool.disconnect()
