@@ -55,6 +55,7 @@ class ClusterSource(StreamReads):
         self._waiting: dict[bytes, list[asyncio.Future[None]]] = {}
         self._wake = asyncio.Event()
         self._refresh = False
+        self._mapped = False
         self._setbacks = 0
         self._available = False
         self._first_attempt = asyncio.Event()
@@ -62,7 +63,8 @@ class ClusterSource(StreamReads):
 
     @property
     def available(self) -> bool:
-        """Whether the cluster's slot map is known (a shard that is down delays only its own topics)."""
+        """Whether the cluster answered the last reading of its slot map (a shard that is down delays only its own
+        topics)."""
         return self._available
 
     def run_id(self, topic: Topic) -> str | None:
@@ -177,13 +179,15 @@ class ClusterSource(StreamReads):
             try:
                 await self._place()
                 failures = 0
-            except FAILURES as exc:
+            except Exception as exc:  # a task boundary: whatever went wrong, keep trying
                 failures += 1
+                self._refresh = True
+                self._available = False  # the hub waits for on_restored; lost shards already told it their topics
                 level = logging.WARNING if failures == 1 else logging.DEBUG
-                logger.log(level, "Redis Cluster unreachable for live progress (%s); retrying in the background", exc)
-            except Exception:  # a task boundary: whatever went wrong, keep trying
-                failures += 1
-                logger.exception("Placing live progress subscriptions on the cluster failed; retrying")
+                if isinstance(exc, FAILURES):
+                    logger.log(level, "Redis Cluster unreachable for live progress (%s); retrying", exc)
+                else:
+                    logger.exception("Placing live progress subscriptions on the cluster failed; retrying")
             self._first_attempt.set()
             if failures or self._setbacks:
                 await asyncio.sleep(self._backoff(max(failures, self._setbacks)))
@@ -198,17 +202,19 @@ class ClusterSource(StreamReads):
 
     async def _place(self) -> None:
         """Read the slot map if needed, then give every homeless channel to the shard of its slot's primary."""
-        if not self._available:
-            await self._cluster.initialize()
-            asked = time.time() * 1000
-            self._note_clock(await self._cluster.info("server", target_nodes=RedisCluster.RANDOM), asked)
-            self._available = True
+        if self._refresh or not self._available:
             self._refresh = False
-            if self._listener is not None:
-                self._listener.on_restored()
-        elif self._refresh:
-            self._refresh = False
-            await self._cluster.nodes_manager.initialize()
+            if self._mapped:
+                await self._cluster.nodes_manager.initialize()
+            else:
+                await self._cluster.initialize()
+                self._mapped = True
+            if not self._available:
+                asked = time.time() * 1000
+                self._note_clock(await self._cluster.info("server", target_nodes=RedisCluster.RANDOM), asked)
+                self._available = True
+                if self._listener is not None:
+                    self._listener.on_restored()
         for channel in list(self._homeless):
             if channel not in self._wanted:
                 self._homeless.discard(channel)

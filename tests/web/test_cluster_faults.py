@@ -11,16 +11,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from websockets.asyncio.client import ClientConnection, connect
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult
 from celery_progress_ws._core.keys import KeySpace
+from celery_progress_ws.web import ProgressManager
 from devtools.cluster import PrivateCluster
-from tests.support.cluster_ops import operations_on_every_shard
-from tests.support.harness import ThreadServer, receive_json, ws_url
+from tests.support.cluster_ops import cluster_publisher, operations_on_every_shard
+from tests.support.harness import ThreadServer, receive_json, receive_until_closed, ws_url
 
 pytestmark = pytest.mark.integration
 
@@ -210,3 +214,59 @@ async def test_viewers_get_every_entry_once_through_a_slot_migration(
         redis_cluster.migrate_slot(key_slot(live.encode()), (shard + 1) % redis_cluster.primaries, batch=1)
 
     await run_through_fault(serve, cluster_settings, redis_cluster, cluster_client, migrate)
+
+
+async def test_a_cluster_restarted_empty_is_reported_as_a_restart_gap_and_delivery_resumes(
+    serve: Callable[..., ThreadServer], cluster_settings: ProgressSettings, redis_cluster: PrivateCluster
+) -> None:
+    """Every node stopped: /health turns 503; the nodes come back without their data (no persistence): /health is
+    200 again and the viewer gets a `redis_restarted` gap notice (its node's run_id changed and its entry is gone),
+    then the entries written after."""
+    server = serve(cluster_settings)
+    operation = operations_on_every_shard(redis_cluster, cluster_settings)[0]
+    health = f"{server.http}/progress/health"
+    async with connect(ws_url(server, operation)) as websocket, httpx.AsyncClient(timeout=10) as client:
+        async with cluster_publisher(cluster_settings) as publisher:
+            before = await publisher.publish(operation, "status_update", {"status": "started"})
+            assert (await receive_json(websocket))["id"] == before
+        redis_cluster.stop()
+        await eventually_status(client, health, 503)
+        await asyncio.to_thread(redis_cluster.heal)
+        await eventually_status(client, health, 200)
+        async with cluster_publisher(cluster_settings) as publisher:
+            after = [await publisher.publish(operation, "chunking_progress", {"n": n}) for n in range(3)]
+            after.append(await publisher.publish(operation, "status_update", {"status": "completed"}))
+        messages = await receive_until_closed(websocket, within=30)
+    gaps = [message for message in messages if message["type"] == "history_gap"]
+    assert [gap["data"]["reason"] for gap in gaps] == ["redis_restarted"]
+    assert gaps[0]["data"]["after_id"] == before
+    assert [message["id"] for message in messages if "id" in message] == after
+
+
+async def test_an_injected_async_cluster_client_serves_every_shard(
+    cluster_settings: ProgressSettings, redis_cluster: PrivateCluster
+) -> None:
+    """``ProgressManager(redis=RedisCluster(...))``: the application's own cluster client carries history and live
+    delivery on every shard (the manager opens only its per-shard pub/sub connections itself)."""
+    client = AsyncRedisCluster(startup_nodes=[AsyncClusterNode(host, port) for host, port in redis_cluster.addresses])
+    manager = ProgressManager(settings=cluster_settings, redis=client)
+    server = ThreadServer(manager)
+    server.start()
+    try:
+        async with cluster_publisher(cluster_settings) as publisher:
+            for operation in operations_on_every_shard(redis_cluster, cluster_settings):
+                first = await publisher.publish(operation, "status_update", {"status": "started"})
+                async with connect(ws_url(server, operation)) as websocket:
+                    assert (await receive_json(websocket))["id"] == first
+                    last = await publisher.publish(operation, "status_update", {"status": "completed"})
+                    assert [message["id"] for message in await receive_until_closed(websocket)] == [last]
+    finally:
+        await server.call(client.aclose())  # its connections belong to the server's event loop
+        server.stop()
+
+
+async def eventually_status(client: httpx.AsyncClient, url: str, status: int, within: float = 30) -> None:
+    """Poll ``url`` until it answers ``status``."""
+    async with asyncio.timeout(within):
+        while (await client.get(url)).status_code != status:  # noqa: ASYNC110 - the server's state has no event here
+            await asyncio.sleep(0.05)
