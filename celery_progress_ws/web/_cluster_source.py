@@ -179,6 +179,8 @@ class ClusterSource(StreamReads):
             try:
                 await self._place()
                 failures = 0
+                if not self._homeless and not self._lost:
+                    self._setbacks = 0  # everything lost was placed again (or dropped)
             except Exception as exc:  # a task boundary: whatever went wrong, keep trying
                 failures += 1
                 self._refresh = True
