@@ -6,24 +6,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from celery import Celery
+from celery import Celery, group
 from redis.cluster import RedisCluster
 from websockets.asyncio.client import connect
 
-from celery_progress_ws import ProgressSettings
+from celery_progress_ws import ProgressSettings, track
 from celery_progress_ws._core.clients import async_command_client
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws.web import ProgressManager
 from celery_progress_ws.web._user_count import RedisUserCount
 from devtools.cluster import PrivateCluster
 from tests.support.cluster_ops import cluster_publisher, operations_on_every_shard
-from tests.support.harness import ProcessServer, ThreadServer, receive_until_closed, sse_events, ws_url
+from tests.support.harness import ProcessServer, ThreadServer, receive_json, receive_until_closed, sse_events, ws_url
 from tests.support.serverapp import build_app
 from tests.support.worker_process import worker_process
 from tests.web.test_shared_limits import USER_LIMIT, admitted, open_many, opened, refusal
@@ -160,30 +161,64 @@ async def test_lease_renewal_reaches_every_node_and_reloads_a_flushed_script(
         await commands.aclose()
 
 
-async def test_cancel_on_the_cluster_ends_the_operation_for_its_viewers(
-    progress_worker: Celery, cluster_settings: ProgressSettings, redis_cluster: PrivateCluster
-) -> None:
-    """POST cancel on a web process on the cluster: 202, the viewer gets `cancelled` then close 1000, and the stream
-    on its shard ends with it; a second cancel answers 409."""
+@pytest.fixture
+def cluster_cancel_server(progress_worker: Celery, cluster_settings: ProgressSettings) -> Iterator[ThreadServer]:
+    """A web process on the cluster whose router has the in-process worker's app, so it offers the cancel route."""
     manager = ProgressManager(settings=cluster_settings.model_copy(update={"cancel_terminate": False}))
     server = ThreadServer(manager, build_app(manager, celery_app=progress_worker))
     server.start()
     try:
-        for operation in operations_on_every_shard(redis_cluster, cluster_settings):
-            async with cluster_publisher(cluster_settings) as publisher:
-                await publisher.publish(operation, "status_update", {"status": "started"})
-            async with connect(ws_url(server, operation)) as websocket, httpx.AsyncClient(timeout=10) as client:
-                url = f"{server.http}/progress/operations/{operation}/cancel"
-                response = await client.post(url, headers={"x-user": "alice"})
-                assert response.status_code == 202, response.text
-                messages = await receive_until_closed(websocket)
-                again = await client.post(url, headers={"x-user": "alice"})
-            statuses = [m["data"]["status"] for m in messages if m["type"] == "status_update"]
-            assert statuses == ["started", "cancelled"]
-            assert websocket.close_code == 1000
-            assert again.status_code == 409
-            with redis.cluster.RedisCluster(startup_nodes=redis_cluster.startup_nodes) as client_sync:
-                last = client_sync.xrevrange(KeySpace(cluster_settings.key_prefix).stream(operation), count=1)
-                assert json.loads(last[0][1][b"message"])["data"]["status"] == "cancelled"
+        yield server
     finally:
         server.stop()
+
+
+async def test_cancel_on_the_cluster_ends_the_operation_for_its_viewers(
+    cluster_cancel_server: ThreadServer, cluster_settings: ProgressSettings, redis_cluster: PrivateCluster
+) -> None:
+    """POST cancel on a web process on the cluster: 202, the viewer gets `cancelled` then close 1000, and the stream
+    on its shard ends with it; a second cancel answers 409."""
+    server = cluster_cancel_server
+    for operation in operations_on_every_shard(redis_cluster, cluster_settings):
+        async with cluster_publisher(cluster_settings) as publisher:
+            await publisher.publish(operation, "status_update", {"status": "started"})
+        async with connect(ws_url(server, operation)) as websocket, httpx.AsyncClient(timeout=10) as client:
+            url = f"{server.http}/progress/operations/{operation}/cancel"
+            response = await client.post(url, headers={"x-user": "alice"})
+            assert response.status_code == 202, response.text
+            messages = await receive_until_closed(websocket)
+            again = await client.post(url, headers={"x-user": "alice"})
+        statuses = [m["data"]["status"] for m in messages if m["type"] == "status_update"]
+        assert statuses == ["started", "cancelled"]
+        assert websocket.close_code == 1000
+        assert again.status_code == 409
+        with redis.cluster.RedisCluster(startup_nodes=redis_cluster.startup_nodes) as client_sync:
+            last = client_sync.xrevrange(KeySpace(cluster_settings.key_prefix).stream(operation), count=1)
+            assert json.loads(last[0][1][b"message"])["data"]["status"] == "cancelled"
+
+
+async def test_cancel_of_an_aggregate_on_the_cluster_revokes_its_children(
+    cluster_cancel_server: ThreadServer,
+    progress_worker: Celery,
+    module_settings: ProgressSettings,
+    cluster_settings: ProgressSettings,
+) -> None:
+    """A group tracked on the cluster (default child ids, in many slots): cancel revokes both children and the
+    aggregate's viewer gets its `cancelled`, announced by the update script's SPUBLISH."""
+    release = f"{module_settings.key_prefix}release-{uuid.uuid4().hex[:8]}"
+    waiting = progress_worker.signature("cpws.wait_for_key", args=(module_settings.redis_url, release, 30))
+    operation = track(group(waiting.clone(), waiting.clone()), settings=cluster_settings)
+    try:
+        async with connect(ws_url(cluster_cancel_server, operation)) as websocket:
+            assert (await receive_json(websocket))["type"] == "aggregate_started"
+            async with httpx.AsyncClient(timeout=10) as client:
+                url = f"{cluster_cancel_server.http}/progress/operations/{operation}/cancel"
+                response = await client.post(url, headers={"x-user": "alice"})
+            assert response.status_code == 202, response.text
+            assert response.json()["revoked"] == 2
+            messages = await receive_until_closed(websocket)
+        assert messages[-1]["type"] == "status_update"
+        assert messages[-1]["data"]["status"] == "cancelled"
+    finally:
+        with redis.Redis.from_url(module_settings.redis_url) as client_sync:
+            client_sync.set(release, 1, ex=60)
