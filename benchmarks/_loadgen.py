@@ -34,7 +34,7 @@ def script_publisher() -> Publish:
     import redis
 
     from celery_progress_ws import ProgressSettings
-    from celery_progress_ws._core.append import APPEND_SCRIPT, OperationAppender
+    from celery_progress_ws._core.append import APPEND_SCRIPT, OperationAppender, PublishCommand, script_arguments
     from celery_progress_ws._core.codec import encode_entry, make_entry
     from celery_progress_ws._core.keys import KeySpace
 
@@ -47,7 +47,7 @@ def script_publisher() -> Publish:
         data = {"documents_processed": seq + 1, "total_documents": total, "seq": seq, "sent_ns": time.time_ns()}
         message = encode_entry(make_entry("chunking_progress", data), settings.max_entry_bytes)
         call = OperationAppender(keys, op, maxlen=settings.stream_maxlen)(message, ttl=600)
-        append(keys=call.keys, args=call.args)
+        append(keys=call.keys, args=script_arguments(call, PublishCommand.PUBLISH))
         return "sent"
 
     return publish

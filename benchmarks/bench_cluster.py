@@ -129,13 +129,14 @@ def write_round(url: str, ports: Sequence[int], seconds: float) -> tuple[float, 
 
 def bus_round(client: RedisCluster, ports: Sequence[int], verb: str, count: int) -> tuple[float, float]:
     """Cluster CPU microseconds and bus messages per entry of ``count`` appends announced with ``verb``."""
-    script = client.register_script(APPEND_SCRIPT.replace("'PUBLISH'", f"'{verb}'"))
+    script = client.register_script(APPEND_SCRIPT)
     prefix = f"bench-bus:{uuid.uuid4().hex[:8]}:"
     keys = [f"{prefix}operation-progress:{{{uuid.uuid4()}}}" for _ in range(200)]
     cpu_before, bus_before = server_cpu(ports), bus_messages(ports)
     for i in range(count):
         key = keys[i % len(keys)]
-        script(keys=[key], args=[1000, '{"type":"tick","data":{}}', 60, key.replace("progress:", "progress-live:")])
+        live = key.replace("progress:", "progress-live:")
+        script(keys=[key], args=[1000, '{"type":"tick","data":{}}', 60, live, verb])
     cpu, bus = server_cpu(ports) - cpu_before, bus_messages(ports) - bus_before
     return cpu / count * 1e6, bus / count
 

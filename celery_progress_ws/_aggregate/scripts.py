@@ -20,14 +20,15 @@ REGISTER_SCRIPT = (
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'start_ms', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local id
-for i = 5, #ARGV do
-  id = append_entry(KEYS[2], ARGV[1], ARGV[i], ARGV[2], ARGV[3])
+for i = 6, #ARGV do
+  id = append_entry(KEYS[2], ARGV[1], ARGV[i], ARGV[2], ARGV[3], ARGV[5])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return id
 """
 )
-"""KEYS: hash, stream. ARGV: maxlen, stream ttl, live channel, hash ttl, entry messages... (written in order)."""
+"""KEYS: hash, stream. ARGV: maxlen, stream ttl, live channel, hash ttl, publish command (``PublishCommand``), entry
+messages... (written in order)."""
 
 UPDATE_SCRIPT = (
     APPEND_FUNCTION
@@ -36,6 +37,7 @@ local h, stream = KEYS[1], KEYS[2]
 local child, ev, frac_arg = ARGV[1], ARGV[2], ARGV[3]
 local throttle_ms, maxlen, ttl_run = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local ttl_done, ttl_fail, live, stamp = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local publish = ARGV[13]
 if redis.call('EXISTS', h) == 0 then return {-1, 0, 0, ''} end
 local status = redis.call('HGET', h, 'status')
 if status then return {0, 0, 0, status} end
@@ -123,14 +125,16 @@ local data = {progress_percentage = pct, documents_processed = done, total_docum
   total_children = total, counts = counts, rate = rate, eta_seconds = eta, kind = v[12], aggregate = true}
 local ttl = ttl_run
 if terminal == 'failed' then ttl = ttl_fail elseif terminal then ttl = ttl_done end
-append_entry(stream, maxlen, cjson.encode({timestamp = stamp, type = 'chunking_progress', data = data}), ttl, live)
+local progress = cjson.encode({timestamp = stamp, type = 'chunking_progress', data = data})
+append_entry(stream, maxlen, progress, ttl, live, publish)
 redis.call('HSET', h, 'last_ms', now, 'dirty', '0')
 if terminal then
   local sdata = {status = terminal, message = 'Aggregate ' .. terminal, aggregate = true, kind = v[12],
     progress_percentage = pct, counts = counts, total_children = total}
   for k, val in pairs(reason) do sdata[k] = val end
   if terminal == 'failed' then sdata.failed_children = cjson.decode(v[13] or '[]') end
-  append_entry(stream, maxlen, cjson.encode({timestamp = stamp, type = 'status_update', data = sdata}), ttl, live)
+  local final = cjson.encode({timestamp = stamp, type = 'status_update', data = sdata})
+  append_entry(stream, maxlen, final, ttl, live, publish)
   redis.call('HSET', h, 'status', terminal)
 end
 redis.call('EXPIRE', h, ttl)
@@ -139,8 +143,9 @@ return {1, 0, 0, terminal or '', v[14] or '', tostring(pct), reason.error_type o
 )
 """KEYS: hash, stream. ARGV: child id, event (started, retrying, completed, failed, cancelled, progress, flush or
 cancel), fraction or '', throttle ms, maxlen, running ttl, completed ttl, failed ttl, live channel, ISO timestamp,
-error type, error message. Returns ``{written, dirty, due_ms, terminal status}``; written is -1 for an unknown
-aggregate and -2 for a task that is not one of its children. A written update adds the owner's digest (or ''), the
-percentage written, and the error type and message that failed it, for the owner's summary."""
+error type, error message, publish command (``PublishCommand``, added by the runner). Returns ``{written, dirty,
+due_ms, terminal status}``; written is -1 for an unknown aggregate and -2 for a task that is not one of its children. A
+written update adds the owner's digest (or ''), the percentage written, and the error type and message that failed it,
+for the owner's summary."""
 
-UPDATE = LuaScript(UPDATE_SCRIPT)
+UPDATE = LuaScript(UPDATE_SCRIPT, announces=True)

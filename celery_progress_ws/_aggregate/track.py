@@ -19,7 +19,8 @@ import redis.asyncio
 from celery.canvas import Signature, _chain, chord, group
 from redis.cluster import RedisCluster
 
-from .._core.clients import registration_client
+from .._core.append import publish_command, script_arguments
+from .._core.clients import AsyncClient, registration_client
 from .._core.codec import encode_entry, make_entry
 from .._core.history import RECORD_SCRIPT, UserHistory
 from .._core.keys import MAX_OPERATION_ID_LENGTH, KeySpace, user_digest, validate_operation_id
@@ -77,7 +78,7 @@ def track(
 
 
 async def cancel_aggregate_async(
-    operation_id: str, settings: ProgressSettings, client: redis.asyncio.Redis, message: str = "Operation cancelled"
+    operation_id: str, settings: ProgressSettings, client: AsyncClient, message: str = "Operation cancelled"
 ) -> bool:
     """Mark an aggregate operation ``cancelled`` and write its terminal entries; ``False`` if it already ended.
 
@@ -85,12 +86,12 @@ async def cancel_aggregate_async(
     """
     keys = update_keys(settings, operation_id)
     args = update_args(settings, operation_id, "", "cancel", message=message)
-    result = await client.eval(UPDATE_SCRIPT, 2, *keys, *args)
+    result = await client.eval(UPDATE_SCRIPT, 2, *keys, *args, publish_command(client))
     return bool(result[0] == 1)
 
 
 async def aggregate_children_async(
-    operation_id: str, settings: ProgressSettings, client: redis.asyncio.Redis
+    operation_id: str, settings: ProgressSettings, client: AsyncClient
 ) -> list[str] | None:
     """The child task ids of an aggregate operation, or ``None`` if it is not one: how the web half's cancel route
     finds the tasks to revoke."""
@@ -209,15 +210,18 @@ def _register(
         messages = _started_messages(settings, kind, children)
         stream = keys.stream(operation_id)
         live = keys.live(operation_id)
+        publish = publish_command(target)
         # As a plain command: a cluster client's pipeline has no eval() but routes EVAL by its keys like any command.
         pipe.execute_command(
-            "EVAL", REGISTER_SCRIPT, 2, hash_key, stream, settings.stream_maxlen, ttl, live, ttl, *messages
+            "EVAL", REGISTER_SCRIPT, 2, hash_key, stream, settings.stream_maxlen, ttl, live, ttl, publish, *messages
         )
         if digest is not None:
             pipe.set(keys.operation_owner(operation_id), digest, ex=settings.history_ttl_seconds)
             patch = {"status": "queued", "task_name": kind, "message": f"{kind.capitalize()} queued"}
             record = UserHistory(settings).record(digest, operation_id, patch, utc_now_iso())
-            pipe.execute_command("EVAL", RECORD_SCRIPT, len(record.keys), *record.keys, *record.args)
+            pipe.execute_command(
+                "EVAL", RECORD_SCRIPT, len(record.keys), *record.keys, *script_arguments(record, publish)
+            )
         pipe.execute()
     finally:
         pipe.reset()

@@ -3,7 +3,8 @@
 It subscribes to each operation's live channel first, then reads the stream's history, and drops every entry whose
 id it has already shown, so nothing written meanwhile is missed or shown twice. When Redis drops it reconnects and
 resumes after the last id it showed, reporting a ``history_gap`` when entries were lost in between (by the same rule
-as the web half, ``gap_reason``).
+as the web half, ``gap_reason``). On a cluster it subscribes per shard (``live``), follows a failover or a moved slot
+the same way, and judges a restart by the ``run_id`` of the node that serves each operation.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ from functools import partial
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
-from .._core.clients import watch_client
+from .._core.clients import validate_url, watch_client
 from .._core.codec import decode_entry, decode_fields, decode_live, delivered, parse_stream_id
 from .._core.errors import MalformedEntry
 from .._core.keys import KeySpace
 from .._core.policy import terminal_status
+from .._core.redis_errors import OUTAGE
 from .._core.schemas import HISTORY_GAP, GapReason, TaskStatus, utc_now_iso
 from .._core.settings import ProgressSettings
 from .._core.streams import StreamInfo, gap_reason, stream_info
+from .live import LiveFeed, live_feed
 from .output import Sink, WatchedOperation
 
 EXIT_COMPLETED = 0
@@ -69,7 +73,14 @@ class Watcher:
         self._clock = clock
         self._deadline = None if timeout is None else clock() + timeout
         self._failures = 0
-        self._client: redis.Redis = watch_client(settings)  # no retries: a reconnect always resumes from the stream
+        validate_url(settings)
+        self._client: redis.Redis | RedisCluster | None = None  # built in the retry loop
+
+    @property
+    def client(self) -> redis.Redis | RedisCluster:
+        if self._client is None:
+            self._client = watch_client(self._settings)  # no retries: a reconnect always resumes from the stream
+        return self._client
 
     def run(self) -> int:
         """Watch until done; return the exit status (see ``EPILOG``)."""
@@ -80,7 +91,7 @@ class Watcher:
                 except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
                     self._sink.warn(f"Redis refused the connection: {exc}")
                     return EXIT_UNAVAILABLE
-                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                except OUTAGE as exc:  # unreachable, or a cluster reconfiguring: resume from the streams
                     delay = min(self._settings.reconnect_max_seconds, FIRST_RETRY_SECONDS * 2**self._failures)
                     delay *= 0.5 + random.random() / 2
                     self._failures += 1
@@ -90,20 +101,20 @@ class Watcher:
                     self._sink.warn(f"Redis refused a command: {exc}")
                     return EXIT_UNAVAILABLE
         finally:
-            self._client.close()
+            if self._client is not None:
+                self._client.close()
         return self._exit_status()
 
     def _session(self) -> None:
         """One connection's life: subscribe, catch up from the streams, then follow the live channels."""
-        pubsub = self._client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+        pubsub = live_feed(self.client)
         try:
             pending = self._subscribe(pubsub)
             if pending is None:
                 return
-            run_id = self._server_run_id()
             for operation in self._operations:
                 if operation.final is None:
-                    self._catch_up(operation, run_id)
+                    self._catch_up(operation, self._server_run_id(operation))
             for message in pending:
                 self._on_live(message)
             self._failures = 0
@@ -111,17 +122,23 @@ class Watcher:
         finally:
             pubsub.close()
 
-    def _server_run_id(self) -> str | None:
-        """Redis' ``run_id``, which changes when it restarts; ``None`` where INFO is not permitted."""
+    def _server_run_id(self, operation: WatchedOperation) -> str | None:
+        """The ``run_id`` of the Redis serving ``operation`` (on a cluster: its slot's primary), which changes when it
+        restarts or another node takes over; ``None`` where INFO is not permitted."""
+        client = self.client
         try:
-            return str(self._client.info("server").get("run_id", "")) or None
+            if isinstance(client, RedisCluster):
+                server = client.info("server", target_nodes=client.get_node_from_key(operation.stream))  # type: ignore[no-untyped-call]
+            else:
+                server = client.info("server")
         except redis.exceptions.ResponseError:
             return None
+        return str(server.get("run_id", "")) or None
 
-    def _subscribe(self, pubsub: redis.client.PubSub) -> list[dict[str, Any]] | None:
+    def _subscribe(self, pubsub: LiveFeed) -> list[dict[str, Any]] | None:
         """Subscribe to every live channel and wait until Redis confirms; return messages that arrived meanwhile."""
         channels = [operation.live for operation in self._operations if operation.final is None]
-        pubsub.subscribe(*channels)
+        pubsub.subscribe(channels)
         confirmed: set[str] = set()
         pending: list[dict[str, Any]] = []
         give_up = self._clock() + SUBSCRIBE_TIMEOUT_SECONDS
@@ -139,7 +156,7 @@ class Watcher:
                 pending.append(message)
         return pending
 
-    def _follow(self, pubsub: redis.client.PubSub) -> None:
+    def _follow(self, pubsub: LiveFeed) -> None:
         """Deliver live announcements until every operation ended or the deadline passed."""
         heard = self._clock()
         ping_sent: float | None = None
@@ -182,16 +199,16 @@ class Watcher:
 
     def _info(self, stream: str) -> StreamInfo | None:
         """The stream's metadata, or ``None`` when it does not exist."""
-        if not self._client.exists(stream):
+        if not self.client.exists(stream):
             return None
-        return stream_info(self._client.xinfo_stream(stream))
+        return stream_info(self.client.xinfo_stream(stream))
 
     def _has_entry(self, stream: str, entry_id: str | None) -> bool:
-        return entry_id is not None and bool(self._client.xrange(stream, entry_id, entry_id, 1))
+        return entry_id is not None and bool(self.client.xrange(stream, entry_id, entry_id, 1))
 
     def _xrange(self, stream: str, start: str, end: str, count: int) -> list[tuple[str, dict[Any, Any]]]:
         """XRANGE with ids as text and field maps never ``None``."""
-        entries = self._client.xrange(stream, start, end, count) or []
+        entries = self.client.xrange(stream, start, end, count) or []
         return [(_text(entry_id), fields or {}) for entry_id, fields in entries]
 
     def _report_gap(

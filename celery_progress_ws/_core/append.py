@@ -1,7 +1,10 @@
-"""The single Redis write both halves use: XADD, EXPIRE and a live PUBLISH in one round trip.
+"""The single Redis write both halves use: XADD, EXPIRE and a live announcement in one round trip.
 
 The three commands run in one Lua script on one key (its live channel shares the key's hash tag, hence its cluster
 slot), and the live announcement carries the id Redis assigned, which a pipeline of plain commands could not know.
+The announcement is a ``PUBLISH`` on one server and a sharded ``SPUBLISH`` on a cluster (a classic ``PUBLISH`` there
+is broadcast to every node). Which one is decided once per client (``publish_command``) by whoever runs the scripts,
+which pass it as the last argument of every script that announces (``LuaScript.announces``).
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
 import redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
@@ -21,32 +26,53 @@ from .codec import LIVE_SEPARATOR, MESSAGE_FIELD
 from .keys import KeySpace
 
 APPEND_FUNCTION = f"""
-local function append_entry(stream, maxlen, message, ttl, live)
+local function append_entry(stream, maxlen, message, ttl, live, publish)
+  if publish ~= 'PUBLISH' and publish ~= 'SPUBLISH' then
+    error(redis.error_reply('ERR the announcing command must be PUBLISH or SPUBLISH'))
+  end
   local id = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', '{MESSAGE_FIELD}', message)
   redis.call('EXPIRE', stream, ttl)
   if live ~= '' then
-    redis.call('PUBLISH', live, id .. '{LIVE_SEPARATOR}' .. message)
+    redis.call(publish, live, id .. '{LIVE_SEPARATOR}' .. message)
   end
   return id
 end
 """
-"""Lua ``append_entry(stream, maxlen, message, ttl, live)``: the one definition of a stream write, shared by scripts."""
+"""Lua ``append_entry(stream, maxlen, message, ttl, live, publish)``: the one definition of a stream write, shared by
+scripts; ``publish`` is ``PUBLISH`` or ``SPUBLISH`` (anything else is an error reply, before anything is written)."""
 
-APPEND_SCRIPT = APPEND_FUNCTION + "return append_entry(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
+APPEND_SCRIPT = APPEND_FUNCTION + "return append_entry(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])\n"
+
+
+class PublishCommand(StrEnum):
+    """How a write script announces an entry live: classic pub/sub on one server, sharded pub/sub on a cluster."""
+
+    PUBLISH = "PUBLISH"
+    SPUBLISH = "SPUBLISH"
+
+
+def publish_command(client: object) -> PublishCommand:
+    """``SPUBLISH`` for a cluster client (sync or asyncio), ``PUBLISH`` for any other client."""
+    return PublishCommand.SPUBLISH if isinstance(client, (RedisCluster, AsyncRedisCluster)) else PublishCommand.PUBLISH
 
 
 @dataclass(frozen=True, slots=True)
 class LuaScript:
-    """A Lua script's source and the SHA-1 that EVALSHA names it by."""
+    """A Lua script's source and the SHA-1 that EVALSHA names it by.
+
+    ``announces``: the script calls ``append_entry`` and takes the ``PublishCommand`` as its last argument, which the
+    runner adds (callers never pass it).
+    """
 
     source: str
+    announces: bool = False
     sha: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-APPEND = LuaScript(APPEND_SCRIPT)
+APPEND = LuaScript(APPEND_SCRIPT, announces=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +101,11 @@ class ScriptCall:
 
 WriteCall = AppendCall | ScriptCall
 """What a writer's buffer holds and its runner runs."""
+
+
+def script_arguments(call: WriteCall, publish: PublishCommand) -> tuple[str | int | float, ...]:
+    """The ARGV of ``call``: its own arguments, then ``publish`` if its script announces entries."""
+    return (*call.args, publish) if call.script.announces else tuple(call.args)
 
 
 class OperationAppender:
@@ -119,7 +150,8 @@ class ConnectionAppend:
     itself. Like redis-py with one retry, a dropped connection is reopened once; after any connection error or timeout
     the connection is closed, so a late reply can never be read as the answer to a later command. A closed connection
     is reopened by its ``connect()``, which is where a Sentinel-managed connection asks the sentinels for the current
-    master (sending on a closed connection would reopen it at its last address).
+    master (sending on a closed connection would reopen it at its last address). One server (or a Sentinel
+    service's master) announces with ``PUBLISH``.
     """
 
     __slots__ = ("_connection",)
@@ -145,7 +177,7 @@ class ConnectionAppend:
         if not self._connection.is_connected:
             self._connection.connect()
         script = call.script
-        arguments = (len(call.keys), *call.keys, *call.args)
+        arguments = (len(call.keys), *call.keys, *script_arguments(call, PublishCommand.PUBLISH))
         try:
             return self._command("EVALSHA", script.sha, *arguments)
         except NoScriptError:  # a new or flushed server: load the script, then run it
@@ -159,12 +191,14 @@ class ConnectionAppend:
 
 class ScriptAppend:
     """Runs script calls through a caller's client (any redis-py client: its own pool, retries and routing; a
-    cluster client sends each to its keys' slot, and a ``NOSCRIPT`` reloads the script on every primary)."""
+    cluster client sends each to its keys' slot, and a ``NOSCRIPT`` reloads the script on every primary); the
+    announcing command follows the client (``publish_command``)."""
 
-    __slots__ = ("_client", "_scripts")
+    __slots__ = ("_client", "_publish", "_scripts")
 
     def __init__(self, client: redis.Redis | RedisCluster) -> None:
         self._client = client
+        self._publish = publish_command(client)
         self._scripts = {APPEND.sha: client.register_script(APPEND_SCRIPT)}
 
     def __call__(self, call: WriteCall) -> Any:
@@ -172,7 +206,7 @@ class ScriptAppend:
         script = self._scripts.get(call.script.sha)
         if script is None:
             script = self._scripts[call.script.sha] = self._client.register_script(call.script.source)
-        return script(keys=call.keys, args=call.args)
+        return script(keys=call.keys, args=script_arguments(call, self._publish))
 
 
 Append = ConnectionAppend | ScriptAppend

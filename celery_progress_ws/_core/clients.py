@@ -4,11 +4,11 @@ the deployment's topology and each client's timeouts and retries.
 The URL's scheme names the topology: ``redis://``, ``rediss://`` and ``unix://`` one server;
 ``redis+sentinel://`` and ``rediss+sentinel://`` the current master of a Sentinel service (see ``_core.sentinel``:
 every connection asks the sentinels where the master is when it connects); ``redis+cluster://`` and
-``rediss+cluster://`` a Redis Cluster (see ``_core.cluster``), for the worker half's clients only: the web half and
-``watch`` follow live channels, which need sharded pub/sub on a cluster, and refuse it for now. Each builder below
-makes its pool with ``_sync_pool``/``_async_pool``, the only places that branch on the topology besides the cluster
-branches. Building a client does no I/O (it connects on first use), except for ``writer_client``, which opens its
-one connection at once, and a cluster client, which reads the slot map at once.
+``rediss+cluster://`` a Redis Cluster (see ``_core.cluster``: a cluster client per half, which routes each command
+by its keys; live channels are followed per shard with sharded pub/sub). Each builder below makes its pool with
+``_sync_pool``/``_async_pool``, the only places that branch on the topology besides the cluster branches. Building a
+client does no I/O (it connects on first use), except for ``writer_client``, which opens its one connection at once,
+and a synchronous cluster client, which reads the slot map at once.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from .cluster import ClusterTarget, cluster_client, parse_cluster_url
+from .cluster import ClusterTarget, async_cluster_client, cluster_client, parse_cluster_url
 from .redis_errors import SYNC_PARSER
 from .sentinel import SentinelTarget, async_master_pool, parse_sentinel_url, sync_master_pool
 from .settings import ProgressSettings
@@ -37,6 +38,9 @@ REGISTRATION_TIMEOUT_FACTOR = 10
 WATCH_CONNECT_TIMEOUT_SECONDS = 5.0
 WATCH_SOCKET_TIMEOUT_SECONDS = 10.0
 WATCH_CLIENT_NAME = "celery-progress-ws-watch"
+
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+"""What the web half runs its commands on: one server (or a Sentinel service's master), or a cluster."""
 
 
 class Topology(StrEnum):
@@ -108,15 +112,6 @@ def _cluster(settings: ProgressSettings) -> ClusterTarget | None:
     return None
 
 
-def refuse_cluster(settings: ProgressSettings, who: str) -> None:
-    """``ValueError`` if the settings name a cluster: ``who`` cannot follow live channels on one yet."""
-    if _cluster(settings) is not None:
-        raise ValueError(
-            f"{who} does not support Redis Cluster URLs yet (it needs sharded pub/sub); only the worker half "
-            "(report_progress, ProgressPublisher, track) can write to a cluster"
-        )
-
-
 def _sync_pool(settings: ProgressSettings, **kwargs: Any) -> redis.ConnectionPool:
     """A pool of connections (options ``kwargs``) to the server the settings name, or to the service's master."""
     target = _sentinel(settings)
@@ -127,7 +122,6 @@ def _sync_pool(settings: ProgressSettings, **kwargs: Any) -> redis.ConnectionPoo
 
 def _async_pool(settings: ProgressSettings, *, blocking: bool = False, **kwargs: Any) -> redis.asyncio.ConnectionPool:
     """``_sync_pool`` for asyncio; ``blocking`` waits up to ``timeout`` (a kwarg) for a free connection."""
-    refuse_cluster(settings, "The web half (ProgressManager)")
     target = _sentinel(settings)
     if target is None:
         pool_class = redis.asyncio.BlockingConnectionPool if blocking else redis.asyncio.ConnectionPool
@@ -181,10 +175,19 @@ def registration_client(settings: ProgressSettings) -> redis.Redis | RedisCluste
     )
 
 
-def watch_client(settings: ProgressSettings) -> redis.Redis:
+def watch_client(settings: ProgressSettings) -> redis.Redis | RedisCluster:
     """The ``watch`` command's client: decoded replies, and no retry, so every failure reaches the watcher (which
-    reconnects and resumes from the stream itself)."""
-    refuse_cluster(settings, "watch")
+    reconnects and resumes from the stream itself). On a cluster, a cluster client (its slot map read here)."""
+    cluster = _cluster(settings)
+    if cluster is not None:
+        return cluster_client(
+            cluster,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=WATCH_CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=WATCH_SOCKET_TIMEOUT_SECONDS,
+            client_name=WATCH_CLIENT_NAME,
+        )
     pool = _sync_pool(
         settings,
         decode_responses=True,
@@ -196,13 +199,22 @@ def watch_client(settings: ProgressSettings) -> redis.Redis:
     return redis.Redis.from_pool(pool)
 
 
-def async_command_client(settings: ProgressSettings) -> redis.asyncio.Redis:
+def async_command_client(settings: ProgressSettings) -> AsyncClient:
     """The web half's command client, on a bounded blocking pool (redis-py's default pool stalls silently past its
     limit).
 
     Waiting for the connection is bounded by the socket timeout (then ``ConnectionError``); a dropped connection is
-    retried once on a new one, a timeout is not (retrying a stalled server only doubles the wait).
+    retried once on a new one, a timeout is not (retrying a stalled server only doubles the wait). On a cluster, a
+    cluster client (one pool per node, opened as needed) that re-reads the slot map and retries a failed call once.
     """
+    cluster = _cluster(settings)
+    if cluster is not None:
+        return async_cluster_client(
+            cluster,
+            socket_timeout=settings.socket_timeout_seconds,
+            socket_connect_timeout=settings.socket_timeout_seconds,
+            retry=AsyncRetry(NoBackoff(), 1),
+        )
     pool = _async_pool(
         settings,
         blocking=True,
@@ -217,7 +229,8 @@ def async_command_client(settings: ProgressSettings) -> redis.asyncio.Redis:
 
 def async_pubsub_client(settings: ProgressSettings, commands: redis.asyncio.Redis | None = None) -> redis.asyncio.Redis:
     """The web half's pub/sub client: one connection that never reconnects behind the caller's back (a lost message
-    must be noticed). Given the app's own ``commands`` client, it connects where and how that one does."""
+    must be noticed). Given the app's own ``commands`` client, it connects where and how that one does. One server
+    or a Sentinel service only: on a cluster the web half subscribes per shard (``web._cluster_source``)."""
     never = AsyncRetry(NoBackoff(), 0, supported_errors=())
     if commands is None:
         pool = _async_pool(

@@ -1,4 +1,4 @@
-"""Redis Cluster: the ``redis+cluster://`` URL and the synchronous cluster client built from it.
+"""Redis Cluster: the ``redis+cluster://`` URL and the cluster clients (sync and asyncio) built from it.
 
 The client learns the slot map from any startup node and routes each command (an EVALSHA by its keys, which share
 one operation's hash tag) to the slot's primary, following ``MOVED`` and ``ASK`` itself. What it still raises while
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis.asyncio.cluster
 from redis.cluster import ClusterNode, RedisCluster
 
 from .urls import credentials, host_addresses
@@ -60,5 +61,14 @@ def cluster_client(target: ClusterTarget, **kwargs: Any) -> RedisCluster:
     """
     nodes = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
     return RedisCluster(
+        startup_nodes=nodes, username=target.username, password=target.password, ssl=target.ssl, **kwargs
+    )
+
+
+def async_cluster_client(target: ClusterTarget, **kwargs: Any) -> redis.asyncio.cluster.RedisCluster:
+    """``cluster_client`` for asyncio; it does no I/O here: the slot map is read at its first command or
+    ``initialize()``."""
+    nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in target.nodes]
+    return redis.asyncio.cluster.RedisCluster(
         startup_nodes=nodes, username=target.username, password=target.password, ssl=target.ssl, **kwargs
     )

@@ -100,26 +100,26 @@ end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 local entry = '{"timestamp":' .. cjson.encode(stamp) .. ',"type":"OPERATION_UPDATE","data":' .. summary .. '}'
-append_entry(KEYS[3], maxlen, entry, ttl, live)
+append_entry(KEYS[3], maxlen, entry, ttl, live, ARGV[#ARGV])
 return 1
 """.replace("OPERATION_UPDATE", OPERATION_UPDATE)
 )
 """KEYS: the user's summaries, index, feed. ARGV: operation id, patch JSON, ISO time of the change, its time in µs
-(the index score, lowered to the earliest seen), max operations, TTL, feed max length, feed live channel.
-Returns 1 when the summary changed (and was announced on the feed), else 0."""
+(the index score, lowered to the earliest seen), max operations, TTL, feed max length, feed live channel, publish
+command (added by the runner). Returns 1 when the summary changed (and was announced on the feed), else 0."""
 
 OWNED_APPEND_SCRIPT = (
     APPEND_FUNCTION
     + """
-redis.call('SET', KEYS[2], ARGV[#ARGV - 1], 'EX', ARGV[#ARGV])
-return append_entry(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[#ARGV - 2], 'EX', ARGV[#ARGV - 1])
+return append_entry(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[#ARGV])
 """
 )
 """``APPEND_SCRIPT`` that also records the operation's owner. KEYS: stream, owner key. ARGV: those of the append
-call, then the owner's digest and the owner key's TTL (always the last two)."""
+call, then the owner's digest, the owner key's TTL and the publish command (added by the runner)."""
 
-RECORD = LuaScript(RECORD_SCRIPT)
-OWNED_APPEND = LuaScript(OWNED_APPEND_SCRIPT)
+RECORD = LuaScript(RECORD_SCRIPT, announces=True)
+OWNED_APPEND = LuaScript(OWNED_APPEND_SCRIPT, announces=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ class ProgressSettings(BaseSettings):
         "server; `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db]` (or "
         "`rediss+sentinel://`) for the current master of a Sentinel service (port 26379 by default; the password is "
         "the master's, the sentinels are asked without one); `redis+cluster://[[user]:password@]host[:port][,host[:port]"
-        "...]` (or `rediss+cluster://`) for a Redis Cluster, worker half only (the web half and `watch` refuse it).",
+        "...]` (or `rediss+cluster://`) for a Redis Cluster (both halves and `watch`; live entries use sharded "
+        "pub/sub there).",
     )
     key_prefix: str = Field(
         default="",

@@ -6,7 +6,7 @@ each time they (re)read a stream after it, ask ``gap_reason`` whether entries af
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
@@ -157,11 +157,13 @@ class SourceListener(Protocol):
     def on_entry(self, topic: Topic, entry_id: str, message: bytes | str) -> None:
         """A live entry arrived (in stream order per topic)."""
 
-    def on_lost(self) -> None:
-        """The live connection was lost: live entries may be missed until ``on_restored``."""
+    def on_lost(self, topics: Collection[Topic] | None = None) -> None:
+        """The live connection of ``topics`` (``None``: every topic) was lost: their live entries may be missed until
+        ``on_restored``."""
 
-    def on_restored(self) -> None:
-        """The live connection is back and resubscribed (``StreamSource.run_id`` tells whether Redis restarted)."""
+    def on_restored(self, topics: Collection[Topic] | None = None) -> None:
+        """The live subscriptions of ``topics`` (``None``: every topic) are back (``StreamSource.run_id`` tells
+        whether the Redis serving them restarted)."""
 
 
 class StreamSource(Protocol):
@@ -171,9 +173,9 @@ class StreamSource(Protocol):
     def available(self) -> bool:
         """Whether the live connection is up."""
 
-    @property
-    def run_id(self) -> str | None:
-        """The ``run_id`` of the Redis last connected to (changes when it restarts), ``None`` before or if unknown."""
+    def run_id(self, topic: Topic) -> str | None:
+        """The ``run_id`` of the Redis serving ``topic`` (changes when it restarts, or on a cluster when another node
+        takes over its slot), ``None`` before or if unknown."""
 
     async def ensure(self, topic: Topic) -> None:
         """Make sure live entries of ``topic`` are delivered; return once the subscription is confirmed.

@@ -16,9 +16,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
-from .._core.append import APPEND_SCRIPT, AppendCall, OperationAppender, channel_append
+from .._core.append import (
+    APPEND_SCRIPT,
+    AppendCall,
+    OperationAppender,
+    channel_append,
+    publish_command,
+    script_arguments,
+)
+from .._core.clients import AsyncClient
 from .._core.codec import encode_entry, make_entry
 from .._core.keys import KeySpace, validate_entry_type
 from .._core.policy import is_terminal, ttl_for
@@ -55,7 +61,7 @@ class AsyncProgressPublisher:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AsyncClient,
         settings: ProgressSettings | None = None,
         *,
         on_failure: FailureHandler | None = None,
@@ -63,6 +69,7 @@ class AsyncProgressPublisher:
         self.settings = settings or ProgressSettings()
         self.keys = KeySpace(self.settings.key_prefix)
         self._script = redis.register_script(APPEND_SCRIPT)
+        self._publish = publish_command(redis)  # SPUBLISH on a cluster, like the worker half
         self._on_failure = on_failure
         self._throttle: Throttle[_Pending] = Throttle(self.settings.throttle_seconds, clock=time.monotonic)
         self._keys_of: dict[str, set[str]] = {}
@@ -141,7 +148,7 @@ class AsyncProgressPublisher:
                 self._timer = None
 
     async def _append(self, call: AppendCall) -> str:
-        entry_id = await self._script(keys=call.keys, args=call.args)
+        entry_id = await self._script(keys=call.keys, args=script_arguments(call, self._publish))
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def _flush_operation(self, operation_id: str) -> None:

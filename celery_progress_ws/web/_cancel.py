@@ -22,6 +22,7 @@ from .._aggregate.track import aggregate_children_async, cancel_aggregate_async
 from .._core.errors import BrokerUnavailable, OperationFinished, OperationNotFound, SourceUnavailable
 from .._core.keys import validate_operation_id
 from .._core.policy import terminal_status
+from .._core.redis_errors import REDIS_FAILURES
 from .._core.schemas import STATUS_UPDATE, TaskStatus
 from ._manager import ProgressManager
 
@@ -102,5 +103,5 @@ async def _redis_call(call: Awaitable[T]) -> T:
     """Await a call of the aggregate module on the manager's client; Redis failures become unavailability."""
     try:
         return await call
-    except RedisError as exc:
+    except REDIS_FAILURES as exc:
         raise SourceUnavailable(f"Reading or updating the aggregate failed: {exc}") from exc

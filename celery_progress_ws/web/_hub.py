@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from .._core.codec import StreamId, decode_entry, parse_stream_id
@@ -137,16 +137,21 @@ class Hub:
             for subscriber in subscribers:
                 subscriber.offer_live(item)
 
-    def on_lost(self) -> None:
-        for subscribers in self._topics.values():
+    def on_lost(self, topics: Collection[Topic] | None = None) -> None:
+        for subscribers in self._subscribers_of(topics):
             for subscriber in subscribers:
                 subscriber.begin_catch_up()
 
-    def on_restored(self) -> None:
-        for subscribers in self._topics.values():
+    def on_restored(self, topics: Collection[Topic] | None = None) -> None:
+        for subscribers in self._subscribers_of(topics):
             for subscriber in subscribers:
                 if subscriber.catching_up:
                     self._schedule(subscriber)
+
+    def _subscribers_of(self, topics: Collection[Topic] | None) -> list[set[Subscriber]]:
+        if topics is None:
+            return list(self._topics.values())
+        return [self._topics[topic] for topic in topics if topic in self._topics]
 
     # -- live entries that need the stream's word ------------------------------------------------------------------
 
@@ -241,7 +246,7 @@ class Hub:
 
     async def _read_history(self, subscriber: Subscriber) -> None:
         topic, position = subscriber.topic, subscriber.position
-        run_id = self.source.run_id
+        run_id = self.source.run_id(topic)
         if position.key is not None:
             info = await self.source.info(topic)
             lost = position.restarted(run_id) and (info is None or not await self._has_entry(topic, position.key))

@@ -15,9 +15,10 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from starlette.websockets import WebSocket
 
-from .._core.clients import async_command_client, async_pubsub_client
+from .._core.clients import AsyncClient, async_command_client, async_pubsub_client
 from .._core.codec import make_entry
 from .._core.keys import validate_channel, validate_entry_type, validate_operation_id
 from .._core.redis_errors import REDIS_FAILURES
@@ -26,6 +27,7 @@ from .._core.settings import ProgressSettings
 from .._core.streams import Topic, TopicKind
 from . import _close_codes as close
 from ._async_publisher import AsyncProgressPublisher
+from ._cluster_source import ClusterSource
 from ._connections import Connections
 from ._gateway import Gateway
 from ._hub import Hub
@@ -50,7 +52,8 @@ class ProgressManager:
     """Delivers operation progress (and custom channel messages) from Redis to WebSocket and SSE clients.
 
     Settings come from ``ProgressSettings`` (environment) unless given; pass ``redis=`` to use a ready-made
-    ``redis.asyncio.Redis`` for commands (the manager then opens only its pub/sub connection itself).
+    ``redis.asyncio.Redis`` for commands (the manager then opens only its pub/sub connection itself), or a
+    ``redis.asyncio.cluster.RedisCluster`` (the manager then subscribes per shard, over connections to its nodes).
     Nothing connects before ``startup()`` (or the ``lifespan``), and a Redis that is down does not stop it.
     With the ``metrics`` extra installed, its metrics are exported by ``metrics_registry`` (default:
     ``prometheus_client.REGISTRY``, so an existing ``/metrics`` shows them; see docs/operating.md).
@@ -60,15 +63,20 @@ class ProgressManager:
         self,
         settings: ProgressSettings | None = None,
         *,
-        redis: Redis | None = None,
+        redis: AsyncClient | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings or ProgressSettings()
         self._owns_commands = redis is None
-        self.redis: Redis = redis if redis is not None else async_command_client(self.settings)
-        self._pubsub_redis = async_pubsub_client(self.settings, redis)
+        self.redis: AsyncClient = redis if redis is not None else async_command_client(self.settings)
         self._tally = WebTally()
-        self._source = RedisSource(self.settings, commands=self.redis, pubsub=self._pubsub_redis, tally=self._tally)
+        self._pubsub_redis: Redis | None = None
+        self._source: RedisSource | ClusterSource
+        if isinstance(self.redis, RedisCluster):
+            self._source = ClusterSource(self.settings, commands=self.redis, tally=self._tally)
+        else:
+            self._pubsub_redis = async_pubsub_client(self.settings, redis if isinstance(redis, Redis) else None)
+            self._source = RedisSource(self.settings, commands=self.redis, pubsub=self._pubsub_redis, tally=self._tally)
         self._tally.source = self._source
         self.metrics_registry = metrics_registry
         self.metrics_enabled = count_into(metrics_registry, self._tally)
@@ -153,7 +161,8 @@ class ProgressManager:
         await self._connections.close_all(*close.SHUTDOWN)
         await self._user_count.stop()
         await self._source.stop()
-        await self._pubsub_redis.aclose()
+        if self._pubsub_redis is not None:
+            await self._pubsub_redis.aclose()
         if self._owns_commands:
             await self.redis.aclose()
 

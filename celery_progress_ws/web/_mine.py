@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
+from .._core.append import publish_command, script_arguments
 from .._core.errors import InvalidOperationId, SourceUnavailable
 from .._core.history import UserHistory
 from .._core.history_pages import PageBuilder, index_rows
@@ -43,7 +45,7 @@ def feed_topic(user_id: object) -> Topic:
 class UserOperations:
     """Reads (and the rare web-side update) of users' history keys through the manager's command client."""
 
-    def __init__(self, redis: Redis, settings: ProgressSettings) -> None:
+    def __init__(self, redis: Redis | RedisCluster, settings: ProgressSettings) -> None:
         self._redis = redis
         self._keys = KeySpace(settings.key_prefix)
         self._history = UserHistory(settings)
@@ -87,7 +89,9 @@ class UserOperations:
         if digest is None:
             return
         call = self._history.record(digest, operation_id, patch, utc_now_iso())
-        await self._redis.eval(call.script.source, len(call.keys), *call.keys, *call.args)
+        await self._redis.eval(
+            call.script.source, len(call.keys), *call.keys, *script_arguments(call, publish_command(self._redis))
+        )
 
 
 def owner_only(manager: ProgressManager, otherwise: Authorize | None = None) -> Authorize:

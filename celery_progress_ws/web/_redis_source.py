@@ -1,12 +1,13 @@
-"""The stream source over Redis: one pub/sub connection for live entries, a small command pool for history.
+"""The stream source over one Redis server (or a Sentinel service's master): one pub/sub connection for live entries,
+a small command pool for history (``StreamReads``). ``_cluster_source`` is its counterpart on a Redis Cluster.
 
 The pub/sub connection is subscribed to the live channel of every topic with a local subscriber. Each announcement
 carries its stream id (``APPEND_SCRIPT`` publishes ``"<id> <json>"``), so nothing is read back for live delivery.
 When the connection drops, the source tells the hub (which starts buffering and re-reading), reconnects with capped
 exponential backoff for as long as it takes, resubscribes, notes Redis' ``run_id`` and tells the hub again.
 
-Commands are bounded in time: each one fails after the socket timeout (a timeout is not retried), waiting for the
-command connection is bounded by the same timeout, and while Redis is stalled reads fail fast (see ``StallGuard``).
+Commands are bounded in time: each one fails after the socket timeout (a timeout is not retried) and waiting for the
+command connection is bounded by the same timeout.
 """
 
 from __future__ import annotations
@@ -17,52 +18,37 @@ import logging
 import random
 import time
 from collections import deque
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._core.codec import decode_live
 from .._core.errors import MalformedEntry, SourceUnavailable
-from .._core.keys import KeySpace
-from .._core.redis_errors import OUTAGE
 from .._core.settings import ProgressSettings
-from .._core.streams import (
-    RawEntry,
-    SourceListener,
-    StreamInfo,
-    Topic,
-    raw_entry,
-    stream_info,
-    topic_live,
-    topic_stream,
-)
+from .._core.streams import SourceListener, Topic
 from ._metrics import WebTally
-from ._stall import StallGuard
+from ._stream_reads import StreamReads
 from ._tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
 DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 """What a lost or unreachable Redis raises."""
-UNREADABLE: tuple[type[Exception], ...] = (*OUTAGE, OSError)
-"""What a read raises while Redis cannot answer it now: unreachable, loading, or a replica without its master."""
 SUBSCRIBE_CHUNK = 256
 BACKOFF_FIRST_SECONDS = 0.05
 
 
-class RedisSource:
-    """``StreamSource`` over Redis; call ``bind`` with the listener, then ``start``."""
+class RedisSource(StreamReads):
+    """``StreamSource`` over one Redis; call ``bind`` with the listener, then ``start``."""
 
     def __init__(
         self, settings: ProgressSettings, *, commands: Redis, pubsub: Redis, tally: WebTally | None = None
     ) -> None:
-        self._tally = tally if tally is not None else WebTally()
-        self._keys = KeySpace(settings.key_prefix)
-        self._commands = commands
+        super().__init__(settings, commands, tally)
+        self._info_client = commands
         self._client = pubsub
         self._ping_interval = settings.heartbeat_seconds
         self._backoff_max = settings.reconnect_max_seconds
@@ -77,22 +63,13 @@ class RedisSource:
         self._task: asyncio.Task[None] | None = None
         self._first_attempt = asyncio.Event()
         self._available = False
-        self._guard = StallGuard()
-        self._clock_offset_ms = 0.0
-        """Redis' clock minus this process' clock, measured at each connect (0 when the server does not tell)."""
-        self._read_error_logged = False
 
     @property
     def available(self) -> bool:
         return self._available
 
-    @property
-    def run_id(self) -> str | None:
-        return self._run_id
-
-    def now_ms(self) -> float:
-        """Redis' current time in milliseconds (the time its new stream ids carry), as measured at the last connect."""
-        return time.time() * 1000 + self._clock_offset_ms
+    def run_id(self, topic: Topic) -> str | None:
+        return self._run_id  # one server holds every topic
 
     def bind(self, listener: SourceListener) -> None:
         self._listener = listener
@@ -154,47 +131,6 @@ class RedisSource:
             if not future.done():
                 future.set_result(True)
 
-    def _channel(self, topic: Topic) -> bytes:
-        return topic_live(self._keys, topic).encode()
-
-    def _stream(self, topic: Topic) -> str:
-        return topic_stream(self._keys, topic)
-
-    # -- reads ----------------------------------------------------------------------------------------------------
-
-    async def read_after(self, topic: Topic, after: str | None, count: int) -> list[RawEntry]:
-        start = "-" if after is None else "(" + after
-        stream = self._stream(topic)
-        return await self._read(topic, lambda: self._commands.xrange(stream, min=start, max="+", count=count))
-
-    async def read_latest(self, topic: Topic, count: int, before: str | None = None) -> list[RawEntry]:
-        end = "+" if before is None else "(" + before
-        stream = self._stream(topic)
-        return await self._read(topic, lambda: self._commands.xrevrange(stream, max=end, min="-", count=count))
-
-    async def _read(self, topic: Topic, command: Any) -> list[RawEntry]:
-        try:
-            rows = await self._guard.run(command)
-        except UNREADABLE as exc:
-            raise SourceUnavailable("reading the stream failed") from exc
-        except ResponseError as exc:  # e.g. a key of another type under the stream's name
-            # Once per process at WARNING: whatever causes it must not log once per connection.
-            level = logging.DEBUG if self._read_error_logged else logging.WARNING
-            self._read_error_logged = True
-            logger.log(level, "Cannot read the stream of %s %r: %s", topic.kind, topic.name, exc)
-            return []
-        return [raw_entry(entry_id, fields) for entry_id, fields in rows]
-
-    async def info(self, topic: Topic) -> StreamInfo | None:
-        stream = self._stream(topic)
-        try:
-            raw = await self._guard.run(lambda: self._commands.xinfo_stream(stream))
-        except UNREADABLE as exc:
-            raise SourceUnavailable("XINFO failed") from exc
-        except ResponseError:  # no such key (or not a stream)
-            return None
-        return stream_info(raw)
-
     # -- the connection loop --------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -234,9 +170,9 @@ class RedisSource:
         try:
             await pubsub.connect()  # type: ignore[no-untyped-call]
             asked = time.time() * 1000
-            server = await self._commands.info("server")
+            server = await self._info_client.info("server")
             run_id = str(server.get("run_id", "")) or None
-            self._clock_offset_ms = _clock_offset_ms(server, (asked + time.time() * 1000) / 2)
+            self._note_clock(server, asked)
             async with self._send_lock:
                 self._generation += 1
                 self._pubsub = pubsub
@@ -303,12 +239,3 @@ class RedisSource:
             self._listener.on_lost()
         with contextlib.suppress(*DOWN):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-def _clock_offset_ms(server: dict[str, Any], local_ms: float) -> float:
-    """Redis' clock (``server_time_usec`` of ``INFO server``, Redis 7+) minus ``local_ms``; 0 when not reported."""
-    reported = server.get("server_time_usec")
-    try:
-        return int(reported) / 1000 - local_ms if reported is not None else 0.0
-    except (TypeError, ValueError):
-        return 0.0

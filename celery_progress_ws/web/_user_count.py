@@ -2,7 +2,8 @@
 
 Members are connection ids, scores the expiry of their lease in Redis' own clock (``TIME``), so replicas with skewed
 clocks agree. Acquiring drops expired members, checks the count and adds in one Lua script; every process renews the
-leases of all its connections in one pipelined round trip each third of the lease, and a process that dies stops
+leases of all its connections in one pipelined round trip each third of the lease (on a cluster, one per node that
+holds some of the sets: the cluster pipeline groups the calls by their key's node), and a process that dies stops
 renewing, so its members expire. While Redis is unreachable connections are admitted on the per-process limit alone
 (degraded mode); the next successful renewal counts them in Redis again and removes what was released meanwhile.
 """
@@ -12,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
+from .._core.clients import AsyncClient
 from .._core.keys import KeySpace
 from .._core.redis_errors import REDIS_FAILURES
 from ._tasks import stop_task
@@ -61,7 +62,7 @@ Held = dict[str, set[str]]
 class RedisUserCount:
     """``SharedUserCount`` over Redis; ``start`` the renewal loop, ``stop`` it when the process ends."""
 
-    def __init__(self, redis: Redis, keys: KeySpace, *, limit: int, lease_seconds: float) -> None:
+    def __init__(self, redis: AsyncClient, keys: KeySpace, *, limit: int, lease_seconds: float) -> None:
         self._redis = redis
         self._keys = keys
         self._limit = limit
@@ -122,7 +123,7 @@ class RedisUserCount:
         try:
             try:
                 await self._send(held, released)
-            except NoScriptError:  # Redis restarted or flushed its script cache
+            except NoScriptError:  # Redis restarted or flushed its script cache (on a cluster: loaded on every primary)
                 await self._redis.script_load(RENEW_SCRIPT)
                 await self._send(held, released)
         except REDIS_FAILURES as exc:
@@ -139,13 +140,14 @@ class RedisUserCount:
     async def _send(self, held: dict[str, list[str]], released: Held) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, members in held.items():
-                pipe.evalsha(self._renew_sha, 1, key, self._lease_ms, *members)
+                # A plain command: a cluster pipeline has no evalsha() but routes EVALSHA by its key like any command.
+                pipe.execute_command("EVALSHA", self._renew_sha, 1, key, self._lease_ms, *members)
             for key, gone in released.items():
                 pipe.zrem(key, *gone)
             if not held and not released:
                 pipe.ping()  # degraded with nothing to renew: probe Redis
             for result in await pipe.execute(raise_on_error=False):
-                if isinstance(result, RedisError):
+                if isinstance(result, REDIS_FAILURES):
                     raise result
 
     async def start(self) -> None:

@@ -14,7 +14,13 @@ from redis.crc import key_slot
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws._aggregate.scripts import UPDATE_SCRIPT
 from celery_progress_ws._aggregate.track import _register, update_args, update_keys
-from celery_progress_ws._core.append import APPEND_SCRIPT, OperationAppender, channel_append
+from celery_progress_ws._core.append import (
+    APPEND_SCRIPT,
+    OperationAppender,
+    PublishCommand,
+    channel_append,
+    script_arguments,
+)
 from celery_progress_ws._core.keys import KeySpace
 from devtools.cluster import PrivateCluster
 
@@ -43,7 +49,7 @@ def test_append_script_writes_an_operation_and_a_channel_on_the_cluster(
         OperationAppender(keys, operation, maxlen=10)('{"n":1}', ttl=60),
         channel_append(keys, "news", '{"n":2}', ttl=60, maxlen=10),
     ):
-        append(keys=call.keys, args=call.args)
+        append(keys=call.keys, args=script_arguments(call, PublishCommand.SPUBLISH))
     assert entries(cluster_client, keys.stream(operation)) == [{"n": 1}]
     assert entries(cluster_client, keys.channel_stream("news")) == [{"n": 2}]
     owner = redis_cluster.nodes[redis_cluster.primary_for_key(keys.stream(operation))]
@@ -69,7 +75,9 @@ def test_aggregate_registration_and_updates_run_on_the_cluster(
     for child in children:
         for event in ("started", "completed"):
             args = update_args(cluster_settings, operation, child, event)
-            written = cluster_client.eval(UPDATE_SCRIPT, 2, *update_keys(cluster_settings, operation), *args)
+            written = cluster_client.eval(
+                UPDATE_SCRIPT, 2, *update_keys(cluster_settings, operation), *args, PublishCommand.SPUBLISH
+            )
             assert written[0] == 1
     final = entries(cluster_client, keys.stream(operation))[-1]
     assert (final["type"], final["data"]["status"], final["data"]["progress_percentage"]) == (
@@ -86,7 +94,12 @@ def test_aggregate_cancel_runs_on_the_cluster(cluster_client: RedisCluster, clus
     _register(cluster_settings, keys, operation, "chain", children, [True, True], [1.0, 1.0], client=cluster_client)
 
     args = update_args(cluster_settings, operation, "", "cancel", message="stop")
-    assert cluster_client.eval(UPDATE_SCRIPT, 2, *update_keys(cluster_settings, operation), *args)[0] == 1
+    assert (
+        cluster_client.eval(
+            UPDATE_SCRIPT, 2, *update_keys(cluster_settings, operation), *args, PublishCommand.SPUBLISH
+        )[0]
+        == 1
+    )
 
     assert cluster_client.hget(keys.aggregate(operation), "status") == "cancelled"
     assert entries(cluster_client, keys.stream(operation))[-1]["data"]["status"] == "cancelled"

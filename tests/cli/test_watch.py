@@ -18,7 +18,7 @@ from celery_progress_ws._cli import watch as watch_module
 from celery_progress_ws._cli.output import JsonSink
 from celery_progress_ws._cli.watch import Watcher
 from celery_progress_ws._cli.watch_cli import main
-from celery_progress_ws._core.append import APPEND_SCRIPT, OperationAppender
+from celery_progress_ws._core.append import APPEND_SCRIPT, OperationAppender, PublishCommand, script_arguments
 from celery_progress_ws._core.codec import encode_entry, make_entry
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._core.policy import ttl_for
@@ -41,7 +41,7 @@ def appender(client: redis.Redis, settings: ProgressSettings) -> Append:
         message = encode_entry(make_entry(entry_type, data), settings.max_entry_bytes)
         ttl = ttl_for(settings, entry_type, data)
         call = OperationAppender(keys, operation_id, maxlen=settings.stream_maxlen)(message, ttl=ttl)
-        return str(script(keys=call.keys, args=call.args))
+        return str(script(keys=call.keys, args=script_arguments(call, PublishCommand.PUBLISH)))
 
     return append
 

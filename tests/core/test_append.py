@@ -1,4 +1,5 @@
-"""The one stream write: XADD + EXPIRE + PUBLISH in one EVALSHA, on a dedicated connection or through a given client."""
+"""The one stream write: XADD + EXPIRE + PUBLISH (SPUBLISH on a cluster) in one EVALSHA, on a dedicated connection
+or through a given client."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from celery_progress_ws._core.append import ConnectionAppend, OperationAppender, ScriptAppend
+from celery_progress_ws._core.append import (
+    APPEND_SCRIPT,
+    ConnectionAppend,
+    OperationAppender,
+    PublishCommand,
+    ScriptAppend,
+    publish_command,
+    script_arguments,
+)
 from celery_progress_ws._core.keys import KeySpace
 from devtools.servers import PrivateRedis
 
@@ -135,3 +146,36 @@ def test_script_append_runs_through_a_given_client_and_its_pool(redis_client: re
     for thread in threads:
         thread.join()
     assert sorted(messages(redis_client, keys.stream("op-4"))) == [f'{{"n":{n}}}' for n in range(4)]
+
+
+def test_the_append_script_announces_only_with_publish_or_spublish(redis_client: redis.Redis, key_prefix: str) -> None:
+    """Any announcing command but PUBLISH or SPUBLISH (or none) is an error reply, and nothing is written."""
+    keys = KeySpace(key_prefix)
+    script = redis_client.register_script(APPEND_SCRIPT)
+    call = OperationAppender(keys, "op-5", maxlen=10)('{"n":1}', ttl=60)
+    for wrong in (["SET"], ["publish"], []):
+        with pytest.raises(ResponseError, match="must be PUBLISH or SPUBLISH"):
+            script(keys=call.keys, args=[*call.args, *wrong])
+    assert redis_client.exists(keys.stream("op-5")) == 0
+    script(keys=call.keys, args=script_arguments(call, PublishCommand.SPUBLISH))  # a one-server SPUBLISH works too
+    assert messages(redis_client, keys.stream("op-5")) == ['{"n":1}']
+
+
+def test_script_append_announces_with_spublish_on_a_cluster_client(
+    cluster_client: RedisCluster, key_prefix: str
+) -> None:
+    """The runner picks the announcing command from its client: a sharded subscriber of the operation's channel on
+    its primary hears a cluster client's write."""
+    keys = KeySpace(key_prefix)
+    assert publish_command(cluster_client) is PublishCommand.SPUBLISH
+    node = cluster_client.get_node_from_key(keys.live("op-6"))
+    subscriber = redis.Redis(host=node.host, port=node.port, decode_responses=True)
+    pubsub = subscriber.pubsub()
+    pubsub.ssubscribe(keys.live("op-6"))
+    assert pubsub.get_sharded_message(timeout=2)["type"] == "ssubscribe"  # type: ignore[index]
+    entry_id = ScriptAppend(cluster_client)(OperationAppender(keys, "op-6", maxlen=10)('{"n":6}', ttl=60))
+    announced = pubsub.get_sharded_message(timeout=2)
+    assert announced is not None
+    assert announced["data"] == f'{entry_id} {{"n":6}}'
+    pubsub.close()
+    subscriber.close()

@@ -7,6 +7,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -15,6 +16,7 @@ from celery_progress_ws._core import clients
 from celery_progress_ws._core.cluster import ClusterTarget, parse_cluster_url
 from celery_progress_ws._core.sentinel import parse_sentinel_url
 from celery_progress_ws.web import ProgressManager
+from celery_progress_ws.web._cluster_source import ClusterSource
 from devtools.servers import PrivateRedis
 
 SETTINGS = ProgressSettings(redis_url="redis://127.0.0.1:6390/3", socket_timeout_seconds=0.7)
@@ -101,19 +103,19 @@ def test_single_server_urls_are_standalone(url: str) -> None:
     assert clients.topology_of(url) is clients.Topology.STANDALONE
 
 
-async def test_cluster_urls_are_accepted_by_the_worker_half_and_refused_by_the_web_half_and_watch() -> None:
-    """A cluster URL builds a publisher; the manager, both web clients and ``watch`` refuse it with a ValueError."""
+async def test_cluster_urls_build_cluster_clients_for_both_halves_without_connecting() -> None:
+    """A cluster URL builds a publisher, and the manager on an asyncio cluster client with the per-shard source;
+    nothing connects before the first command."""
     settings = ProgressSettings(redis_url="rediss+cluster://h:7000,h:7001")
     ProgressPublisher(settings).close()
     assert clients.topology_of(settings.redis_url) is clients.Topology.CLUSTER
-    with pytest.raises(ValueError, match=r"web half .* does not support Redis Cluster"):
-        ProgressManager(settings)
-    with pytest.raises(ValueError, match="does not support Redis Cluster"):
-        clients.async_command_client(settings)
-    with pytest.raises(ValueError, match="does not support Redis Cluster"):
-        clients.async_pubsub_client(settings)
-    with pytest.raises(ValueError, match="watch does not support Redis Cluster"):
-        clients.watch_client(settings)
+    command = clients.async_command_client(settings)
+    assert isinstance(command, AsyncRedisCluster)
+    await command.aclose()
+    manager = ProgressManager(settings)
+    assert isinstance(manager.redis, AsyncRedisCluster)
+    assert isinstance(manager._source, ClusterSource)
+    await manager.shutdown()
 
 
 def test_a_cluster_url_names_its_startup_nodes_credentials_and_tls() -> None:

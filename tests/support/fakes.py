@@ -33,8 +33,7 @@ class FakeSource:
     def available(self) -> bool:
         return self.up
 
-    @property
-    def run_id(self) -> str:
+    def run_id(self, topic: Topic) -> str:
         return f"run-{self.runs}"
 
     def append(self, topic: Topic, entry_type: str = "note", data: dict[str, Any] | None = None) -> str:

@@ -30,7 +30,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from celery_progress_ws import ProgressSettings
-from celery_progress_ws._core.append import APPEND_SCRIPT, OperationAppender
+from celery_progress_ws._core.append import APPEND_SCRIPT, OperationAppender, PublishCommand, script_arguments
 from celery_progress_ws._core.codec import encode_entry, make_entry
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._core.schemas import TERMINAL_STATUSES
@@ -500,7 +500,7 @@ def appender(client: redis.Redis, settings: ProgressSettings) -> Callable[..., s
     def append(operation_id: str, entry_type: str, **data: Any) -> str:
         message = encode_entry(make_entry(entry_type, data), settings.max_entry_bytes)
         call = OperationAppender(keys, operation_id, maxlen=settings.stream_maxlen)(message, ttl=60)
-        return str(script(keys=call.keys, args=call.args))
+        return str(script(keys=call.keys, args=script_arguments(call, PublishCommand.PUBLISH)))
 
     return append
 
