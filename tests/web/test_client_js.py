@@ -243,10 +243,12 @@ def test_static_files_exist_and_the_module_parses() -> None:
 
 
 def test_every_export_is_declared() -> None:
-    """Each name the module exports has a declaration in progress-client.d.ts, and `subscribe` is among them."""
-    exported = set(re.findall(r"^export (?:async )?(?:function|const) (\w+)", CLIENT_JS.read_text(), re.MULTILINE))
-    declared = set(re.findall(r"^export declare (?:function|const) (\w+)", CLIENT_DTS.read_text(), re.MULTILINE))
-    assert "subscribe" in exported
+    """Each name the module exports has a declaration in progress-client.d.ts, the three entry points among them."""
+    exported = set(
+        re.findall(r"^export (?:async )?(?:function|const|class) (\w+)", CLIENT_JS.read_text(), re.MULTILINE)
+    )
+    declared = set(re.findall(r"^export declare (?:function|const|class) (\w+)", CLIENT_DTS.read_text(), re.MULTILINE))
+    assert {"subscribe", "subscribeMine", "listMine", "ProgressRequestError"} <= exported
     assert exported == declared
 
 
