@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +33,7 @@ STATIC = Path(__file__).resolve().parents[2] / "celery_progress_ws" / "web" / "s
 CLIENT_JS = STATIC / "progress-client.js"
 CLIENT_DTS = STATIC / "progress-client.d.ts"
 NODE = shutil.which("node")
+CLIENTS_DOC = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
 MINE = "me"
 """The script key of the user's feed."""
 
@@ -167,3 +170,35 @@ async def start_node(node_command: list[str], script: Path, config: dict[str, An
 def of(records: list[dict[str, Any]], *callbacks: str) -> list[dict[str, Any]]:
     """The records of these callbacks, in order."""
     return [record for record in records if record["cb"] in callbacks]
+
+
+DOC_PREAMBLE = """
+const elements = {};
+const element = () => ({ value: 0, textContent: "", lines: [], append(text) { this.lines.push(text); } });
+globalThis.document = { querySelector: (selector) => (elements[selector] ??= element()) };
+globalThis.location = new URL(process.env.PAGE_URL);
+process.on("exit", () => process.stdout.write(JSON.stringify(elements)));
+"""
+
+
+def docs_example(*, mine: bool) -> str:
+    """The ```js example of docs/clients.md that follows one operation, or (``mine``) the one of the user's own."""
+    blocks = re.findall(r"^```js\n(.*?)^```", CLIENTS_DOC.read_text(), re.DOTALL | re.MULTILINE)
+    [block] = [block for block in blocks if ("subscribeMine(" in block) == mine]
+    return block
+
+
+async def run_docs_example(node_command: list[str], tmp_path: Path, example: str, page_url: str) -> dict[str, Any]:
+    """Run a docs example under Node as a page at ``page_url`` with a stub DOM; return the stub elements at exit."""
+    page = tmp_path / "page.mjs"
+    page.write_text(DOC_PREAMBLE + example.replace('"/progress/client.js"', json.dumps(CLIENT_JS.as_uri())))
+    process = await asyncio.create_subprocess_exec(
+        *node_command,
+        str(page),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PAGE_URL": page_url},
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    return dict(json.loads(stdout))

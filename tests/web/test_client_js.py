@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -21,9 +20,17 @@ from celery_progress_ws._core.append import APPEND_SCRIPT, OperationAppender
 from celery_progress_ws._core.codec import encode_entry, make_entry
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._core.schemas import TERMINAL_STATUSES
-from tests.support.js_client import CLIENT_DTS, CLIENT_JS, FAST, NODE, ScriptedServer, of, start_node
-
-CLIENTS_DOC = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
+from tests.support.js_client import (
+    CLIENT_DTS,
+    CLIENT_JS,
+    FAST,
+    NODE,
+    ScriptedServer,
+    docs_example,
+    of,
+    run_docs_example,
+    start_node,
+)
 
 HARNESS = """
 const [clientUrl, configJson] = process.argv.slice(2);
@@ -302,23 +309,9 @@ async def test_gives_up_after_max_retries(node_command: list[str], tmp_path: Pat
     assert len(scripted.connections) == 3
 
 
-DOC_PREAMBLE = """
-const elements = {};
-const element = () => ({ value: 0, textContent: "", lines: [], append(text) { this.lines.push(text); } });
-globalThis.document = { querySelector: (selector) => (elements[selector] ??= element()) };
-globalThis.location = new URL(process.env.PAGE_URL);
-process.on("exit", () => process.stdout.write(JSON.stringify(elements)));
-"""
-
-
 @pytest.mark.integration
 async def test_docs_example_runs(node_command: list[str], tmp_path: Path, scripted: ScriptedServer) -> None:
     """The browser example in docs/clients.md runs as written (with a stub DOM) and shows the final state."""
-    blocks = re.findall(r"^```js\n(.*?)^```", CLIENTS_DOC.read_text(), re.DOTALL | re.MULTILINE)
-    assert len(blocks) == 1
-    example = blocks[0].replace('"/progress/client.js"', json.dumps(CLIENT_JS.as_uri()))
-    page = tmp_path / "page.mjs"
-    page.write_text(DOC_PREAMBLE + example)
     scripted.scripts["op-7"] = [
         [
             ("send", progress("1-0", 50, document="a.pdf")),
@@ -329,16 +322,8 @@ async def test_docs_example_runs(node_command: list[str], tmp_path: Path, script
         ]
     ]
     origin = scripted.base_url.removesuffix("/progress")
-    process = await asyncio.create_subprocess_exec(
-        *node_command,
-        str(page),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PAGE_URL": f"{origin}/page?operation=op-7"},
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, stderr.decode()
-    elements = json.loads(stdout)
+    page_url = f"{origin}/page?operation=op-7"
+    elements = await run_docs_example(node_command, tmp_path, docs_example(mine=False), page_url)
     assert elements["#bar"]["value"] == 100
     assert elements["#label"]["textContent"] == "completed"
     assert elements["#log"]["lines"] == ["chunking_document_complete\n"]

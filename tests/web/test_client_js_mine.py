@@ -14,7 +14,7 @@ import pytest
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings
 from tests.support.harness import new_operation
-from tests.support.js_client import FAST, MINE, ScriptedServer, of, start_node
+from tests.support.js_client import FAST, MINE, ScriptedServer, docs_example, of, run_docs_example, start_node
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +176,42 @@ async def test_the_feed_falls_back_to_sse_with_gaps_and_stops_on_close(
     assert [r["transport"] for r in of(records, "open")] == ["sse", "sse"]
     assert scripted.connections == [("websocket", "1-0"), ("sse", "1-0"), ("sse", "5-0")]
     assert (records[-1]["reason"], records[-1]["last"]) == ("closed", "6-0")
+
+
+async def test_docs_example_runs(node_command: list[str], tmp_path: Path, scripted: ScriptedServer) -> None:
+    """The "user's own operations" example of docs/clients.md runs as written (stub DOM): it lists the running
+    operation and follows its stream, and an operation the feed announces is shown and followed too."""
+    scripted.pages = [(200, {"operations": [update("1-0", "op-1", "started", 40)["data"]], "next_cursor": None})]
+    at = "2026-01-01T00:00:00+00:00"
+    scripted.scripts["op-1"] = [
+        [
+            ("send", {"id": "5-0", "timestamp": at, "type": "chunking_progress", "data": {"progress_percentage": 80}}),
+            ("send", {"id": "6-0", "timestamp": at, "type": "status_update", "data": {"status": "completed"}}),
+            ("close", 1000, "Operation completed"),
+        ]
+    ]
+    scripted.scripts["op-2"] = [
+        [
+            ("send", {"id": "1-0", "timestamp": at, "type": "status_update", "data": {"status": "completed"}}),
+            ("close", 1000, "Operation completed"),
+        ]
+    ]
+    scripted.scripts[MINE] = [
+        [
+            ("send", update("1-0", "op-2", "queued")),
+            ("send", update("2-0", "op-1", "completed", 40)),
+            ("refuse", "the test is over"),
+        ]
+    ]
+    origin = scripted.base_url.removesuffix("/progress")
+    elements = await run_docs_example(node_command, tmp_path, docs_example(mine=True), f"{origin}/page")
+    lines = elements["#my-operations"]["lines"]
+    assert lines[0] == "op-1 started 40% \n"
+    assert sorted(lines[1:]) == sorted(
+        ["op-1 80%\n", "op-1 completed\n", "op-2 queued 0% \n", "op-1 completed 40% \n", "op-2 completed\n"]
+    )
+    assert lines.index("op-1 80%\n") < lines.index("op-1 completed\n")
+    assert scripted.listings == [[("limit", "20")]]
 
 
 # --- against the real router, on the test's Redis -----------------------------------------------------------------
