@@ -255,8 +255,8 @@ function follow(stream, path, options) {
     if (closed) {
       return; // onMessage called close()
     }
-    const ends = stream.finishes && message.type === "status_update";
-    if (ends) {
+    const isStatus = stream.finishes && message.type === "status_update";
+    if (isStatus) {
       status = data?.status ?? status;
     }
     const callback = stream.callbacks[message.type];
@@ -265,7 +265,7 @@ function follow(stream, path, options) {
     } else {
       emit(callback, data, message);
     }
-    if (ends && TERMINAL_STATUSES.includes(status)) {
+    if (isStatus && TERMINAL_STATUSES.includes(status)) {
       finish({ reason: "finished" });
     }
   }
