@@ -1,18 +1,16 @@
 """The example FastAPI app: the progress router (with cancellation) behind a demonstration token auth, and a page.
 
-Each browser gets its own user (a random token in a cookie) and may only watch and cancel its own operations;
-ownership lives in Redis so it survives a restart of this web process.
+Each browser gets its own user (a random token in a cookie). Every task it starts is sent with that user as its
+owner (the ``progress_owner`` header, or ``track(..., owner=)`` for a group), so the page lists the user's operations
+after a reload (``/progress/me/...``), and ``owner_only`` lets the user alone watch and cancel them.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
-import redis.asyncio as aioredis
 from celery import group
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse
@@ -21,13 +19,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from celery_progress_ws import ProgressSettings, enable_queued_events, track
-from celery_progress_ws.web import ProgressManager, create_progress_router
+from celery_progress_ws.web import ProgressManager, create_progress_router, owner_only
 from example_project.tasks import TASKS
 from example_project.tasks import app as celery_app
 
 STATIC = Path(__file__).parent / "static"
 USER_COOKIE = "demo_user"
-OWNER_TTL_SECONDS = 86400
+OWNER_HEADER = "progress_owner"
 GROUP_SIZE = 4
 
 
@@ -60,27 +58,12 @@ def create_app(settings: ProgressSettings | None = None) -> FastAPI:
     """Build the example web app; settings default to the environment (``CELERY_PROGRESS_WS_*``)."""
     settings = settings or ProgressSettings()
     manager = ProgressManager(settings=settings)
-    owners = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     enable_queued_events(celery_app, settings)
 
-    def owner_key(operation_id: str) -> str:
-        return f"{settings.key_prefix}demo-owner:{operation_id}"
-
-    async def may_view(user_id: str, operation_id: str) -> bool:
-        return await owners.get(owner_key(operation_id)) == user_id
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with manager.lifespan(app):
-            try:
-                yield
-            finally:
-                await owners.aclose()
-
-    app = FastAPI(title="celery-progress-ws demo", lifespan=lifespan)
+    app = FastAPI(title="celery-progress-ws demo", lifespan=manager.lifespan)
     app.include_router(
         create_progress_router(
-            manager, get_user_id=current_user_id, authorize=may_view, celery_app=celery_app, metrics=True
+            manager, get_user_id=current_user_id, authorize=owner_only(manager), celery_app=celery_app, metrics=True
         ),
         prefix="/progress",
     )
@@ -94,16 +77,17 @@ def create_app(settings: ProgressSettings | None = None) -> FastAPI:
 
     @app.post("/api/tasks")
     async def start_task(body: StartRequest, user_id: UserId) -> Started:
-        """Start a task (or a group of GROUP_SIZE tasks tracked as one operation); only this user may watch it."""
+        """Start a task (or a group of GROUP_SIZE tasks tracked as one operation) owned by this user."""
         operation_id = secrets.token_hex(16)
-        await owners.set(owner_key(operation_id), user_id, ex=OWNER_TTL_SECONDS)
         kwargs = {"documents": body.documents, "seconds_per_document": body.seconds_per_document}
         if body.kind == "group":
             share = {**kwargs, "documents": max(1, body.documents // GROUP_SIZE)}
             children = group(TASKS["ingest"].s(**share) for _ in range(GROUP_SIZE))
-            await run_in_threadpool(track, children, operation_id, settings=settings)
+            await run_in_threadpool(track, children, operation_id, settings=settings, owner=user_id)
         else:
-            await run_in_threadpool(TASKS[body.kind].apply_async, kwargs=kwargs, task_id=operation_id)
+            task = TASKS[body.kind]
+            headers = {OWNER_HEADER: user_id}
+            await run_in_threadpool(task.apply_async, kwargs=kwargs, task_id=operation_id, headers=headers)
         return Started(operation_id=operation_id)
 
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from devtools.processes import OwnedProcess, free_port, http_ok
@@ -15,9 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class ExampleStack:
-    """Starts and stops the example worker and web app; the web app can be restarted on the same port."""
+    """Starts and stops the example worker and web app (``env``: more environment for both, settings for instance);
+    the web app can be restarted on the same port."""
 
-    def __init__(self, redis_url: str, key_prefix: str, log_dir: Path) -> None:
+    def __init__(self, redis_url: str, key_prefix: str, log_dir: Path, env: Mapping[str, str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
@@ -26,6 +28,7 @@ class ExampleStack:
             "CELERY_PROGRESS_WS_REDIS_URL": redis_url,
             "CELERY_PROGRESS_WS_KEY_PREFIX": key_prefix,
             "DEMO_QUEUE": f"cpws-e2e-{uuid.uuid4().hex[:8]}",
+            **(env or {}),
         }
         self.worker: OwnedProcess | None = None
         self.web: OwnedProcess | None = None

@@ -14,6 +14,7 @@ from celery_progress_ws import ProgressSettings
 from celery_progress_ws.web import ProgressManager
 from celery_progress_ws.web._async_publisher import AsyncProgressPublisher
 from tests.support.harness import ThreadServer
+from tests.support.js_client import ScriptedServer, node_with_websocket, serving
 from tests.support.serverapp import build_app
 
 
@@ -78,3 +79,16 @@ def cancel_server(progress_worker: Celery, module_settings: ProgressSettings) ->
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def node_command() -> list[str]:
+    """``node`` able to run the browser client (with a global WebSocket), or a loud skip."""
+    return node_with_websocket()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedServer]:
+    """A scripted server for the browser client on a free port (tests/support/js_client.py)."""
+    async with serving(ScriptedServer()) as server:
+        yield server

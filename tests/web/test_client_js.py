@@ -1,47 +1,36 @@
-"""The browser client (progress-client.js) run under Node against a scripted server speaking the documented protocol.
-
-The server is a small Starlette app whose every connection plays the next step list of a script, so reconnects,
-refusals, fallbacks and duplicates happen exactly when a test wants them. Node 20 needs ``--experimental-websocket``
-for its global WebSocket; SSE is read with fetch, which Node has.
-"""
+"""The browser client (progress-client.js) run under Node against a scripted server speaking the documented protocol
+(tests/support/js_client.py), and against the real router."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import os
 import re
-import shutil
-import socket
 import subprocess
-from collections.abc import AsyncIterable, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from celery_progress_ws import ProgressSettings
 from celery_progress_ws._core.append import APPEND_SCRIPT, OperationAppender, PublishCommand, script_arguments
 from celery_progress_ws._core.codec import encode_entry, make_entry
 from celery_progress_ws._core.keys import KeySpace
 from celery_progress_ws._core.schemas import TERMINAL_STATUSES
-
-STATIC = Path(__file__).resolve().parents[2] / "celery_progress_ws" / "web" / "static"
-CLIENT_JS = STATIC / "progress-client.js"
-CLIENT_DTS = STATIC / "progress-client.d.ts"
-CLIENTS_DOC = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
-NODE = shutil.which("node")
-
-Step = tuple[Any, ...]
+from tests.support.js_client import (
+    CLIENT_DTS,
+    CLIENT_JS,
+    FAST,
+    NODE,
+    ScriptedServer,
+    docs_example,
+    of,
+    run_docs_example,
+    start_node,
+)
 
 HARNESS = """
 const [clientUrl, configJson] = process.argv.slice(2);
@@ -70,8 +59,6 @@ const subscription = subscribe(config.operationId, {
 });
 """
 
-FAST = {"initialBackoffMs": 5, "maxBackoffMs": 20}
-
 
 def progress(entry_id: str, pct: float, document: str | None = None) -> dict[str, Any]:
     """A delivered chunking_progress message."""
@@ -96,121 +83,11 @@ def event(entry_id: str, kind: str) -> dict[str, Any]:
     return {"id": entry_id, "timestamp": "2026-01-01T00:00:00+00:00", "type": kind, "data": {"n": 1}}
 
 
-@dataclass
-class ScriptedServer:
-    """Plays one step list per incoming connection and records how each connection asked to resume."""
-
-    base_url: str = ""
-    scripts: dict[str, list[list[Step]]] = field(default_factory=dict)
-    connections: list[tuple[str, str | None]] = field(default_factory=list)
-
-    def next_steps(self, operation_id: str, transport: str, last_event_id: str | None) -> list[Step]:
-        self.connections.append((transport, last_event_id))
-        remaining = self.scripts.get(operation_id, [])
-        return remaining.pop(0) if remaining else [("refuse", "script exhausted")]
-
-    def app(self) -> Starlette:
-        async def websocket_endpoint(websocket: WebSocket) -> None:
-            steps = self.next_steps(
-                websocket.path_params["operation_id"], "websocket", websocket.query_params.get("last_event_id")
-            )
-            if steps[0][0] == "reject":
-                await websocket.close(code=1008)  # before accept: the handshake fails with HTTP 403
-                return
-            await websocket.accept()
-            for step in steps:
-                if step[0] == "send":
-                    await websocket.send_text(json.dumps(step[1]))
-                elif step[0] == "close":
-                    await websocket.close(code=step[1], reason=step[2])
-                    return
-                elif step[0] == "refuse":
-                    await websocket.close(code=1008, reason=step[1])
-                    return
-                elif step[0] == "hold":
-                    try:
-                        while True:
-                            await websocket.receive_text()
-                    except WebSocketDisconnect:
-                        return
-
-        async def sse_endpoint(request: Request) -> Response:
-            last_event_id = request.query_params.get("last_event_id")
-            if request.headers.get("last-event-id") != last_event_id:  # sent both ways on the same origin
-                return JSONResponse({"detail": "Last-Event-ID header differs from last_event_id"}, status_code=400)
-            steps = self.next_steps(request.path_params["operation_id"], "sse", last_event_id)
-            if steps[0][0] == "finished":
-                return Response(status_code=204)
-            if steps[0][0] in ("http", "refuse", "reject"):
-                code, detail = (steps[0][1], steps[0][2]) if steps[0][0] == "http" else (403, "refused")
-                return JSONResponse({"detail": detail}, status_code=code)
-
-            async def body() -> AsyncIterable[str]:
-                for step in steps:
-                    if step[0] == "send":
-                        message = step[1]
-                        text = f"id: {message.get('id', '')}\nevent: {message['type']}\ndata: {json.dumps(message)}\n\n"
-                        yield text.replace("\n", step[2]) if len(step) > 2 else text
-                    elif step[0] == "raw":
-                        yield step[1]
-
-            return StreamingResponse(body(), media_type="text/event-stream")
-
-        return Starlette(
-            routes=[
-                WebSocketRoute("/progress/operations/{operation_id}/ws", websocket_endpoint),
-                Route("/progress/operations/{operation_id}/events", sse_endpoint),
-            ]
-        )
-
-
-@pytest.fixture(scope="module")
-def node_command() -> list[str]:
-    """``node`` with the flag that gives it a global WebSocket, or a loud skip when Node cannot run the client."""
-    if NODE is None:
-        pytest.skip("SKIPPED LOUDLY: `node` is not on PATH, so the browser client cannot be exercised")
-    for flags in ([], ["--experimental-websocket"]):
-        probe = subprocess.run(
-            [NODE, *flags, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"],
-            capture_output=True,
-            check=False,
-        )
-        if probe.returncode == 0:
-            return [NODE, *flags]
-    pytest.skip("SKIPPED LOUDLY: this Node has no WebSocket (needs Node >= 20 with --experimental-websocket)")
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedServer]:
-    """The scripted server on a free port, listening before the test starts (no start-up wait needed)."""
-    scripted = ScriptedServer()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    scripted.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/progress"
-    config = uvicorn.Config(scripted.app(), ws="websockets-sansio", lifespan="off", log_level="warning")
-    runner = uvicorn.Server(config)
-    task = asyncio.create_task(runner.serve(sockets=[sock]))
-    try:
-        yield scripted
-    finally:
-        runner.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
-
-
 async def start_node_client(node_command: list[str], tmp_path: Path, config: dict[str, Any]) -> Any:
     """Start the harness under Node with the client module and ``config``; its stdout and stderr are pipes."""
     harness = tmp_path / "harness.mjs"
     harness.write_text(HARNESS)
-    return await asyncio.create_subprocess_exec(
-        *node_command,
-        str(harness),
-        CLIENT_JS.as_uri(),
-        json.dumps(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    return await start_node(node_command, harness, config)
 
 
 async def run_client(
@@ -229,10 +106,6 @@ async def run_client(
     return records
 
 
-def of(records: list[dict[str, Any]], *callbacks: str) -> list[dict[str, Any]]:
-    return [record for record in records if record["cb"] in callbacks]
-
-
 def test_static_files_exist_and_the_module_parses() -> None:
     """The JS module and its declarations ship in web/static, and the module is valid JavaScript."""
     assert CLIENT_JS.is_file()
@@ -243,10 +116,12 @@ def test_static_files_exist_and_the_module_parses() -> None:
 
 
 def test_every_export_is_declared() -> None:
-    """Each name the module exports has a declaration in progress-client.d.ts, and `subscribe` is among them."""
-    exported = set(re.findall(r"^export (?:async )?(?:function|const) (\w+)", CLIENT_JS.read_text(), re.MULTILINE))
-    declared = set(re.findall(r"^export declare (?:function|const) (\w+)", CLIENT_DTS.read_text(), re.MULTILINE))
-    assert "subscribe" in exported
+    """Each name the module exports has a declaration in progress-client.d.ts, the three entry points among them."""
+    exported = set(
+        re.findall(r"^export (?:async )?(?:function|const|class) (\w+)", CLIENT_JS.read_text(), re.MULTILINE)
+    )
+    declared = set(re.findall(r"^export declare (?:function|const|class) (\w+)", CLIENT_DTS.read_text(), re.MULTILINE))
+    assert {"subscribe", "subscribeMine", "listMine", "ProgressRequestError"} <= exported
     assert exported == declared
 
 
@@ -434,23 +309,9 @@ async def test_gives_up_after_max_retries(node_command: list[str], tmp_path: Pat
     assert len(scripted.connections) == 3
 
 
-DOC_PREAMBLE = """
-const elements = {};
-const element = () => ({ value: 0, textContent: "", lines: [], append(text) { this.lines.push(text); } });
-globalThis.document = { querySelector: (selector) => (elements[selector] ??= element()) };
-globalThis.location = new URL(process.env.PAGE_URL);
-process.on("exit", () => process.stdout.write(JSON.stringify(elements)));
-"""
-
-
 @pytest.mark.integration
 async def test_docs_example_runs(node_command: list[str], tmp_path: Path, scripted: ScriptedServer) -> None:
     """The browser example in docs/clients.md runs as written (with a stub DOM) and shows the final state."""
-    blocks = re.findall(r"^```js\n(.*?)^```", CLIENTS_DOC.read_text(), re.DOTALL | re.MULTILINE)
-    assert len(blocks) == 1
-    example = blocks[0].replace('"/progress/client.js"', json.dumps(CLIENT_JS.as_uri()))
-    page = tmp_path / "page.mjs"
-    page.write_text(DOC_PREAMBLE + example)
     scripted.scripts["op-7"] = [
         [
             ("send", progress("1-0", 50, document="a.pdf")),
@@ -461,16 +322,8 @@ async def test_docs_example_runs(node_command: list[str], tmp_path: Path, script
         ]
     ]
     origin = scripted.base_url.removesuffix("/progress")
-    process = await asyncio.create_subprocess_exec(
-        *node_command,
-        str(page),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PAGE_URL": f"{origin}/page?operation=op-7"},
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, stderr.decode()
-    elements = json.loads(stdout)
+    page_url = f"{origin}/page?operation=op-7"
+    elements = await run_docs_example(node_command, tmp_path, docs_example(mine=False), page_url)
     assert elements["#bar"]["value"] == 100
     assert elements["#label"]["textContent"] == "completed"
     assert elements["#log"]["lines"] == ["chunking_document_complete\n"]

@@ -163,8 +163,14 @@ export type HistoryGapMessage = GapMessage;
 /** Everything `onMessage` can receive. */
 export type AnyMessage = StatusUpdateMessage | ProgressMessage | CurrentStateMessage | HistoryGapMessage | EventMessage;
 
+/** An `operation_update` of the user's feed, with its id. */
+export type OperationUpdateMessage = OperationUpdateEntry;
+
+/** Everything the `onMessage` of `subscribeMine()` can receive. */
+export type FeedMessage = OperationUpdateMessage | HistoryGapMessage | EventMessage;
+
 // ----------------------------------------------------------------------------------------------------
-// Client API (hand-written in devtools/ts_types.py)
+// Client API (hand-written in devtools/ts_client_api.py)
 // ----------------------------------------------------------------------------------------------------
 
 /** How a connection reaches the server. */
@@ -190,7 +196,8 @@ export interface ConnectionProblem {
 
 /**
  * Why a subscription ended for good:
- * - `finished`: the operation reached a terminal status (or the server closed with "Operation completed");
+ * - `finished`: the operation reached a terminal status (or the server closed with "Operation completed"); never
+ *   for the user's feed, which has no end;
  * - `refused`: the server refused it (WebSocket close 1008 or an HTTP 4xx on SSE), `message` says why;
  * - `closed`: `close()` was called;
  * - `gave_up`: `maxRetries` consecutive attempts failed.
@@ -200,7 +207,7 @@ export type CloseReason = "finished" | "refused" | "closed" | "gave_up";
 /** Given to `onClose` (once) and resolved by `Subscription.done`. */
 export interface CloseInfo {
   reason: CloseReason;
-  /** The last status delivered, if any. */
+  /** The last status delivered, if any (always null for the user's feed). */
   status: TaskStatus | null;
   /** WebSocket close code or HTTP status that ended it, if any. */
   code: number | null;
@@ -208,7 +215,8 @@ export interface CloseInfo {
   lastEventId: EventId | null;
 }
 
-export interface SubscribeOptions {
+/** How a subscription connects: what `subscribe()` and `subscribeMine()` share. */
+export interface ConnectionOptions {
   /** Where the router is mounted: a path on this page's origin or an absolute URL. Default `"/progress"`. */
   baseUrl?: string;
   /** `"auto"` (WebSocket, falling back to SSE when it cannot connect), `"websocket"` or `"sse"`. */
@@ -235,16 +243,6 @@ export interface SubscribeOptions {
   WebSocket?: typeof WebSocket;
   /** A fetch implementation to use instead of the global one. */
   fetch?: typeof fetch;
-  /** Every message, before the type-specific callback. */
-  onMessage?: (message: AnyMessage) => void;
-  /** A `chunking_progress` entry. */
-  onProgress?: (data: ProgressData, message: ProgressMessage) => void;
-  /** A `status_update` entry; after a terminal one `onClose` follows. */
-  onStatus?: (data: StatusData, message: StatusUpdateMessage) => void;
-  /** Any other entry type (events sent with `send_event`). */
-  onEvent?: (message: EventMessage) => void;
-  /** The `current_state` message sent on connect. */
-  onState?: (data: unknown, message: CurrentStateMessage) => void;
   /** The server could not fill a gap: entries between `data.after_id` and `data.resumes_at` are missing. */
   onGap?: (data: GapData, message: HistoryGapMessage) => void;
   /** A connection opened (again). */
@@ -255,10 +253,54 @@ export interface SubscribeOptions {
   onClose?: (info: CloseInfo) => void;
 }
 
+export interface SubscribeOptions extends ConnectionOptions {
+  /** Every message, before the type-specific callback. */
+  onMessage?: (message: AnyMessage) => void;
+  /** A `chunking_progress` entry. */
+  onProgress?: (data: ProgressData, message: ProgressMessage) => void;
+  /** A `status_update` entry; after a terminal one `onClose` follows. */
+  onStatus?: (data: StatusData, message: StatusUpdateMessage) => void;
+  /** Any other entry type (events sent with `send_event`). */
+  onEvent?: (message: EventMessage) => void;
+  /** The `current_state` message sent on connect. */
+  onState?: (data: unknown, message: CurrentStateMessage) => void;
+}
+
+export interface SubscribeMineOptions extends ConnectionOptions {
+  /** Every message, before the type-specific callback. */
+  onMessage?: (message: FeedMessage) => void;
+  /** An operation of the user's was recorded or changed; `data` is its summary after the change. */
+  onUpdate?: (data: OperationSummary, message: OperationUpdateMessage) => void;
+  /** Any other entry type. */
+  onEvent?: (message: EventMessage) => void;
+}
+
+/** What `listMine()` asks for, and how it reaches the server. */
+export interface ListMineOptions {
+  /** Only operations in these statuses (e.g. `["queued", "started", "retrying"]` for the running ones). */
+  status?: TaskStatus | readonly TaskStatus[];
+  /** The `next_cursor` of the previous page. */
+  cursor?: string | null;
+  /** Operations per page, 1 to 100. Default 20 (the server's). */
+  limit?: number;
+  /** Where the router is mounted: a path on this page's origin or an absolute URL. Default `"/progress"`. */
+  baseUrl?: string;
+  /** Extra query parameters (for example a token). */
+  params?: Record<string, string | number>;
+  /** Extra request headers. */
+  headers?: Record<string, string>;
+  /** `fetch` credentials mode. Default `"same-origin"`. */
+  credentials?: RequestCredentials;
+  /** Aborts the request. */
+  signal?: AbortSignal;
+  /** A fetch implementation to use instead of the global one. */
+  fetch?: typeof fetch;
+}
+
 export interface Subscription {
   /** The id of the last entry delivered (the resume point). */
   readonly lastEventId: EventId | null;
-  /** The last status delivered. */
+  /** The last status delivered (always null for the user's feed). */
   readonly status: TaskStatus | null;
   /** The transport of the open connection, or null while (re)connecting or after the end. */
   readonly transport: Transport | null;
@@ -281,3 +323,17 @@ export declare function compareEventIds(a: EventId, b: EventId): number;
 
 /** Follow one operation, reconnecting and resuming until it ends, is refused or is closed. */
 export declare function subscribe(operationId: string, options?: SubscribeOptions): Subscription;
+
+/** Follow the user's own operations (`{prefix}/me/ws`, SSE fallback), reconnecting and resuming until refused or
+ * closed. */
+export declare function subscribeMine(options?: SubscribeMineOptions): Subscription;
+
+/** One page of the user's operations, newest first (`GET {prefix}/me/operations`). */
+export declare function listMine(options?: ListMineOptions): Promise<OperationsPage>;
+
+/** Rejects `listMine()` when the server answers with an error status (403, 400, 503...). */
+export declare class ProgressRequestError extends Error {
+  constructor(status: number, message: string);
+  /** The HTTP status. */
+  readonly status: number;
+}

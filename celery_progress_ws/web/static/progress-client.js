@@ -1,10 +1,12 @@
 /**
- * Browser client of celery-progress-ws: follow one operation's live progress, with no dependency and no build step.
+ * Browser client of celery-progress-ws: follow operations' live progress, with no dependency and no build step.
  *
- * It connects over WebSocket first and falls back to Server-Sent Events (read with `fetch`) when a WebSocket cannot
- * be opened. After a dropped connection it reconnects with capped exponential backoff and jitter, resuming after the
- * last id it received, so no entry is lost or delivered twice. It stops for good when the operation ends
- * (`completed`, `failed`, `cancelled`), when the server refuses the subscription, or when `close()` is called.
+ * `subscribe()` follows one operation; `subscribeMine()` follows the user's feed of their own operations (one
+ * `operation_update` per new operation or change) and `listMine()` reads the list itself. Both subscriptions connect
+ * over WebSocket first and fall back to Server-Sent Events (read with `fetch`) when a WebSocket cannot be opened.
+ * After a dropped connection they reconnect with capped exponential backoff and jitter, resuming after the last id
+ * received, so no entry is lost or delivered twice. An operation's subscription stops for good when the operation
+ * ends (`completed`, `failed`, `cancelled`); both stop when the server refuses them or when `close()` is called.
  *
  * @example
  * import { subscribe } from "/progress/client.js";
@@ -68,6 +70,19 @@ export function compareEventIds(a, b) {
   return compareDigits(left[0], right[0]) || compareDigits(left[1], right[1]);
 }
 
+/** Raised by `listMine()` when the server answers with an error status; `status` is the HTTP status. */
+export class ProgressRequestError extends Error {
+  /**
+   * @param {number} status
+   * @param {string} message the server's `detail`, or the status line
+   */
+  constructor(status, message) {
+    super(message);
+    this.name = "ProgressRequestError";
+    this.status = status;
+  }
+}
+
 /**
  * Follow one operation: deliver its entries to the callbacks, reconnecting and resuming until it ends.
  *
@@ -76,9 +91,92 @@ export function compareEventIds(a, b) {
  * @returns {import("./progress-client").Subscription}
  */
 export function subscribe(operationId, options = {}) {
-  const config = resolveConfig(operationId, options);
+  if (typeof operationId !== "string" || operationId === "") {
+    throw new TypeError("operationId must be a non-empty string");
+  }
+  return follow(OPERATION_STREAM, `/operations/${encodeURIComponent(operationId)}`, options);
+}
+
+/**
+ * Follow the user's own operations: one `operation_update` (the operation's summary) per new operation and per
+ * change, from `{prefix}/me/ws` or `{prefix}/me/events`. The feed has no end: it stops when the server refuses it
+ * (an anonymous user, a limit), after `maxRetries` consecutive failures, or on `close()`.
+ *
+ * @param {import("./progress-client").SubscribeMineOptions} [options]
+ * @returns {import("./progress-client").Subscription}
+ */
+export function subscribeMine(options = {}) {
+  return follow(USER_FEED, "/me", options);
+}
+
+/**
+ * One page of the user's operations, newest first (`GET {prefix}/me/operations`).
+ *
+ * @param {import("./progress-client").ListMineOptions} [options]
+ * @returns {Promise<import("./progress-client").OperationsPage>}
+ * @throws {ProgressRequestError} when the server refuses (403: anonymous, 400: a bad status or cursor, 503: its
+ *   store is unavailable)
+ */
+export async function listMine(options = {}) {
+  const config = { ...DEFAULTS, ...definedOnly(options) };
+  const fetchImpl = fetchOf(config);
+  if (typeof fetchImpl !== "function") {
+    throw new TypeError("fetch is not available in this environment");
+  }
   const base = resolveBaseUrl(config.baseUrl);
-  const operationPath = `${base.pathname.replace(/\/+$/, "")}/operations/${encodeURIComponent(operationId)}`;
+  const target = new URL(base.href);
+  target.pathname = routePath(base, "/me/operations");
+  for (const [name, value] of Object.entries(config.params)) {
+    target.searchParams.set(name, String(value));
+  }
+  const statuses = typeof config.status === "string" ? [config.status] : (config.status ?? []);
+  if (statuses.length > 0) {
+    target.searchParams.set("status", statuses.join(","));
+  }
+  if (config.cursor != null) {
+    target.searchParams.set("cursor", config.cursor);
+  }
+  if (config.limit != null) {
+    target.searchParams.set("limit", String(config.limit));
+  }
+  const response = await fetchImpl(target.href, {
+    headers: { Accept: "application/json", ...config.headers },
+    credentials: config.credentials,
+    cache: "no-store",
+    signal: config.signal,
+  });
+  if (!response.ok) {
+    throw new ProgressRequestError(response.status, (await responseDetail(response)) || `HTTP ${response.status}`);
+  }
+  return response.json();
+}
+
+/**
+ * What each kind of subscription delivers: the callback of each typed message, and whether a terminal
+ * `status_update` (or the server saying so) ends it.
+ */
+const OPERATION_STREAM = Object.freeze({
+  finishes: true,
+  callbacks: Object.freeze({
+    status_update: "onStatus",
+    chunking_progress: "onProgress",
+    current_state: "onState",
+    history_gap: "onGap",
+  }),
+});
+const USER_FEED = Object.freeze({
+  finishes: false,
+  callbacks: Object.freeze({ operation_update: "onUpdate", history_gap: "onGap" }),
+});
+
+/**
+ * Deliver one stream's messages (`stream`: OPERATION_STREAM or USER_FEED, under `{prefix}{path}`) to the callbacks,
+ * reconnecting and resuming until it ends.
+ */
+function follow(stream, path, options) {
+  const config = resolveConfig(options);
+  const base = resolveBaseUrl(config.baseUrl);
+  const streamPath = routePath(base, path);
 
   let lastEventId = config.lastEventId;
   let status = null;
@@ -107,7 +205,7 @@ export function subscribe(operationId, options = {}) {
 
   function url(kind) {
     const target = new URL(base.href);
-    target.pathname = operationPath + TRANSPORTS[kind].path;
+    target.pathname = streamPath + TRANSPORTS[kind].path;
     if (kind === "websocket") {
       target.protocol = target.protocol === "https:" ? "wss:" : "ws:";
     }
@@ -157,25 +255,18 @@ export function subscribe(operationId, options = {}) {
     if (closed) {
       return; // onMessage called close()
     }
-    switch (message.type) {
-      case "status_update":
-        status = data?.status ?? status;
-        emit("onStatus", data, message);
-        if (TERMINAL_STATUSES.includes(status)) {
-          finish({ reason: "finished" });
-        }
-        break;
-      case "chunking_progress":
-        emit("onProgress", data, message);
-        break;
-      case "current_state":
-        emit("onState", data, message);
-        break;
-      case "history_gap":
-        emit("onGap", data, message);
-        break;
-      default:
-        emit("onEvent", message);
+    const isStatus = stream.finishes && message.type === "status_update";
+    if (isStatus) {
+      status = data?.status ?? status;
+    }
+    const callback = stream.callbacks[message.type];
+    if (callback === undefined) {
+      emit("onEvent", message);
+    } else {
+      emit(callback, data, message);
+    }
+    if (isStatus && TERMINAL_STATUSES.includes(status)) {
+      finish({ reason: "finished" });
     }
   }
 
@@ -213,7 +304,7 @@ export function subscribe(operationId, options = {}) {
       finish({ reason: "refused", code: outcome.code ?? null, message: outcome.message });
       return;
     }
-    if (outcome.completed) {
+    if (outcome.completed && stream.finishes) {
       finish({ reason: "finished", code: outcome.code ?? null, message: outcome.message });
       return;
     }
@@ -264,10 +355,7 @@ export function subscribe(operationId, options = {}) {
 }
 
 /** The options with their defaults, checked, and the WebSocket / fetch implementations to use. */
-function resolveConfig(operationId, options) {
-  if (typeof operationId !== "string" || operationId === "") {
-    throw new TypeError("operationId must be a non-empty string");
-  }
+function resolveConfig(options) {
   const config = { ...DEFAULTS, ...definedOnly(options) };
   if (!["auto", "websocket", "sse"].includes(config.transport)) {
     throw new TypeError(`transport must be "auto", "websocket" or "sse", not ${JSON.stringify(config.transport)}`);
@@ -276,7 +364,7 @@ function resolveConfig(operationId, options) {
     throw new TypeError(`lastEventId is not a stream id: ${JSON.stringify(config.lastEventId)}`);
   }
   const WebSocketImpl = config.WebSocket ?? globalThis.WebSocket;
-  const fetchImpl = config.fetch ?? (typeof globalThis.fetch === "function" ? globalThis.fetch.bind(globalThis) : null);
+  const fetchImpl = fetchOf(config);
   const canWebSocket = typeof WebSocketImpl === "function";
   const canSse = typeof fetchImpl === "function";
   if ((config.transport === "websocket" && !canWebSocket) || (config.transport === "sse" && !canSse)) {
@@ -569,6 +657,16 @@ function resolveBaseUrl(baseUrl) {
   resolved.search = "";
   resolved.hash = "";
   return resolved;
+}
+
+/** The path of a route under the router's base URL. */
+function routePath(base, path) {
+  return base.pathname.replace(/\/+$/, "") + path;
+}
+
+/** The fetch to use: the option's, else the global one bound to the global object, else null. */
+function fetchOf(config) {
+  return config.fetch ?? (typeof globalThis.fetch === "function" ? globalThis.fetch.bind(globalThis) : null);
 }
 
 function isSameOrigin(target) {
