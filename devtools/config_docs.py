@@ -23,7 +23,10 @@ settings = ProgressSettings(redis_url="redis://cache:6379/2", key_prefix="myapp:
 ```
 
 - Worker side: set `app.conf.celery_progress_ws = settings` (an instance or a mapping) before the worker starts;
-  otherwise `ProgressBootstep` builds `ProgressSettings()` from the environment.
+  otherwise `ProgressBootstep` builds `ProgressSettings()` from the environment. To use a Redis client of your own
+  instead of one built from `redis_url`, set `app.conf.celery_progress_ws_client` to a `redis.Redis`, a
+  `redis.cluster.RedisCluster`, or a function returning one (called once in each worker process, after the fork);
+  the bootstep and `enable_queued_events(app)` use it.
 - Web side: `ProgressManager(settings=settings)`; without it, `ProgressSettings()` from the environment.
 
 Both halves must agree on `redis_url` and `key_prefix`.

@@ -13,10 +13,11 @@ from typing import Any
 from celery import bootsteps, signals
 
 from .._core import metrics
+from .app_config import client_for_app, settings_for_app
 from .metrics import WorkerExporter
 from .publisher import ProgressPublisher
 from .reporting import set_default_publisher
-from .signals import disable_events, enable_worker_events, settings_for_app
+from .signals import disable_events, enable_worker_events
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,9 @@ class ProgressBootstep(bootsteps.StartStopStep):
     """Publishes every task's lifecycle and ``report_progress`` calls to Redis Streams for this worker's app.
 
     Settings: ``app.conf.celery_progress_ws`` if the app sets it (a ``ProgressSettings`` or a mapping of its fields),
-    else ``ProgressSettings()`` from the environment. A worker whose Redis is down still starts (one warning).
+    else ``ProgressSettings()`` from the environment. Client: ``app.conf.celery_progress_ws_client`` if set (see
+    ``client_for_app``), else one per process from the settings' URL. A worker whose Redis is down still starts (one
+    warning).
     """
 
     label = "celery-progress-ws"
@@ -44,7 +47,7 @@ class ProgressBootstep(bootsteps.StartStopStep):
                 self.exporter = WorkerExporter(settings.metrics_port)
             else:
                 logger.warning("celery-progress-ws: metrics_port is set but prometheus_client is not installed")
-        self.publisher = ProgressPublisher(settings)
+        self.publisher = ProgressPublisher(settings, client_for_app(parent.app))
         enable_worker_events(parent.app, self.publisher)
         self._previous_default = set_default_publisher(self.publisher)
         signals.worker_shutdown.connect(self._on_worker_shutdown, sender=parent, weak=False)

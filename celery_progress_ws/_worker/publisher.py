@@ -26,8 +26,6 @@ import weakref
 from types import TracebackType
 from typing import Any
 
-import redis
-
 from .._core import metrics
 from .._core.clients import validate_url
 from .._core.codec import encode_entry, make_entry
@@ -44,7 +42,7 @@ from .background import PublisherThread
 from .buffer import Rank
 from .meter import COMPUTED_FIELDS, Count, ProgressMeter, RawProgress, check_count, check_fields
 from .results import PublishResult, rank_of
-from .writer import StreamWriter
+from .writer import ClientSource, StreamWriter
 
 _INF = float("inf")
 _monotonic = time.monotonic
@@ -56,11 +54,12 @@ _THROTTLED = PublishResult.THROTTLED
 class ProgressPublisher(PublisherThread):
     """Writes entries to operation streams from sync code; thread-safe, fork-safe, outage-tolerant.
 
-    Pass a ready-made ``redis.Redis`` as ``client`` to share one (its own timeouts and retries then apply); otherwise
-    each process lazily opens its own connection, with the settings' socket timeout and one immediate reconnect.
+    Pass a ready-made ``redis.Redis`` or ``RedisCluster`` as ``client`` to share one (its own timeouts and retries then
+    apply), or a factory making one, called once in each process; otherwise each process lazily opens its own
+    connection from the settings' URL, with their socket timeout and one immediate reconnect.
     """
 
-    def __init__(self, settings: ProgressSettings | None = None, client: redis.Redis | None = None) -> None:
+    def __init__(self, settings: ProgressSettings | None = None, client: ClientSource | None = None) -> None:
         self.settings = settings if settings is not None else ProgressSettings()
         if client is None:
             validate_url(self.settings)  # a malformed URL is a ValueError here rather than at the first report

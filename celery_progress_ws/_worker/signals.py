@@ -27,11 +27,11 @@ from .._core.schemas import STATUS_UPDATE, TaskStatus
 from .._core.settings import ProgressSettings
 from . import aggregate_updater as _aggregate_hooks
 from . import context as _context
+from .app_config import client_for_app, settings_for_app
 from .publisher import ProgressPublisher
 
 logger = logging.getLogger(__name__)
 
-CONF_KEY = "celery_progress_ws"
 """``app.conf`` key that may hold a ``ProgressSettings`` or a mapping of its fields."""
 
 MAX_ERROR_MESSAGE = 2000
@@ -57,18 +57,6 @@ class Binding:
 _bindings: weakref.WeakKeyDictionary[Celery, Binding] = weakref.WeakKeyDictionary()
 
 
-def settings_for_app(app: Celery) -> ProgressSettings:
-    """``app.conf.celery_progress_ws`` (settings or a mapping of fields, the rest from the environment), else env."""
-    configured = app.conf.get(CONF_KEY)
-    if configured is None:
-        return ProgressSettings()
-    if isinstance(configured, ProgressSettings):
-        return configured
-    if isinstance(configured, Mapping):
-        return ProgressSettings(**configured)
-    raise TypeError(f"app.conf.{CONF_KEY} must be a ProgressSettings or a mapping, not {type(configured).__name__}")
-
-
 def enable_worker_events(app: Celery, publisher: ProgressPublisher) -> Binding:
     """Publish the lifecycle statuses of ``app``'s tasks in this process, and ``queued`` if the settings say so."""
     binding = _bindings.setdefault(app, Binding(publisher))
@@ -91,7 +79,8 @@ def enable_queued_events(
     """
     binding = _bindings.get(app)
     if binding is None:
-        binding = _bindings.setdefault(app, Binding(ProgressPublisher(settings or settings_for_app(app))))
+        publisher = ProgressPublisher(settings or settings_for_app(app), client_for_app(app))
+        binding = _bindings.setdefault(app, Binding(publisher))
     binding.queued = True
     if owner is not None:
         binding.owner = owner

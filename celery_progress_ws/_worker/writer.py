@@ -33,6 +33,9 @@ from .lanes import Lane, Lanes, slot_owner
 from .metrics import Runner, metered
 from .results import PublishResult
 
+ClientSource = redis.Redis | RedisCluster | Callable[[], redis.Redis | RedisCluster]
+"""A ready-made client, or a factory called once in each process (after a fork too) that makes one."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,7 +52,7 @@ class StreamWriter:
     def __init__(
         self,
         settings: ProgressSettings,
-        client: redis.Redis | None,
+        client: ClientSource | None,
         lock: threading.Lock,
         on_backlog: Callable[[], None],
     ) -> None:
@@ -242,10 +245,11 @@ class StreamWriter:
         return value.encode() if isinstance(value, str) else value if isinstance(value, bytes) else None
 
     def close(self) -> None:
-        """Close the connection this writer opened (a later write reopens one); a given client is left open."""
+        """Close the connection this writer opened (a later write reopens one); a given client is left open, one made by
+        a given factory is closed."""
         with self._connect_lock:
-            if self._connected is not None and self._given_client is None:
-                self._connected[0].close()
+            if self._connected is not None and not isinstance(self._given_client, (redis.Redis, RedisCluster)):
+                self._connected[0].close()  # opened here, by the settings or the caller's factory
             self._connected = None
             self._master_check = None
         with self._lock:
@@ -263,12 +267,12 @@ class StreamWriter:
         with self._connect_lock:
             pid = os.getpid()
             if self._connected is None or self._connected_pid != pid:
-                client = self._given_client or writer_client(self.settings)
+                client = self._given() or writer_client(self.settings)
                 if isinstance(client, RedisCluster):  # EVALSHA routed by the key's slot; MOVED/ASK followed by it
                     self._connected = (client, metered(ScriptAppend(client)))
                     with self._lock:
                         self.lanes.route_by(slot_owner(client))
-                elif client is self._given_client:
+                elif self._given_client is not None:
                     self._connected = (client, metered(ScriptAppend(client)))
                 else:
                     assert client.connection is not None  # writer_client checks it
@@ -279,6 +283,13 @@ class StreamWriter:
         if check is not None:
             check()
         return connected
+
+    def _given(self) -> redis.Redis | RedisCluster | None:
+        """The caller's client: the one given, or the one its factory makes for this process."""
+        given = self._given_client
+        if given is None or isinstance(given, (redis.Redis, RedisCluster)):
+            return given
+        return given()
 
     def _settle(self, call: WriteCall, outcome: PublishResult) -> None:
         """Note what became of ``call`` if a caller waits to hear it."""

@@ -13,6 +13,7 @@ from celery import Celery
 
 from celery_progress_ws import ProgressPublisher, ProgressSettings, PublishResult
 from celery_progress_ws._core.keys import KeySpace
+from celery_progress_ws._worker.app_config import client_for_app
 from celery_progress_ws._worker.signals import bindings, disable_events, enable_worker_events
 from tests.support.streams import ended, kinds, progress_values, read, statuses, stream_key, wait_for
 from tests.support.worker_tasks import check_odd_value_runs, create_app
@@ -229,3 +230,12 @@ def test_a_domain_flush_that_fails_never_keeps_the_terminal_status_back(
             disable_events(app)
     assert statuses(read(redis_client, settings, result.id)) == ["started", "completed"]
     assert [record.getMessage() for record in caplog.records if record.name.split(".")[0] == "celery"] == []
+
+
+def test_an_app_client_that_is_not_a_client_or_factory_is_refused_by_name() -> None:
+    """``app.conf.celery_progress_ws_client`` must be a client or a function making one; anything else: TypeError."""
+    app = Celery("cpws_client_conf", set_as_current=False)
+    assert client_for_app(app) is None
+    app.conf.celery_progress_ws_client = "redis://localhost:6379/0"
+    with pytest.raises(TypeError, match="celery_progress_ws_client"):
+        client_for_app(app)

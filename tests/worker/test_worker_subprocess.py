@@ -12,7 +12,9 @@ import redis
 from celery import Celery
 
 from celery_progress_ws import ProgressSettings
+from devtools.servers import free_port
 from tests.support.streams import ended, kinds, progress_values, stream_key, wait_for
+from tests.support.worker_process import worker_process
 from tests.support.worker_tasks import check_odd_value_runs
 
 pytestmark = pytest.mark.integration
@@ -124,3 +126,24 @@ def test_prefork_worker_survives_odd_extra_values(
     output = log.read_text()
     assert "Signal handler" not in output, output
     assert "celery-progress-ws" not in output, output
+
+
+def test_prefork_worker_writes_through_the_client_factory_its_app_configures(
+    redis_url: str, broker_namespace: str, settings: ProgressSettings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """``app.conf.celery_progress_ws_client`` wins over the settings' URL (here a port nobody listens on): each prefork
+    child makes its client with the factory and every lifecycle lands."""
+    environment = {
+        "CELERY_PROGRESS_WS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "CPWS_TEST_PROGRESS_CLIENT_URL": redis_url,
+    }
+    log = tmp_path / "worker.log"
+    pool = ["--pool=prefork", "--concurrency=2"]
+    with worker_process(redis_url, broker_namespace, settings, log, pool, environment) as app:
+        results = [app.tasks["cpws.count"].delay(3) for _ in range(4)]
+        assert [result.get(timeout=60) for result in results] == [3] * 4, log.read_text()
+        for result in results:
+            entries = wait_for(redis_client, settings, result.id, ended)
+            assert kinds(entries)[:2] == ["status:queued", "status:started"]
+            assert kinds(entries)[-1] == "status:completed"
+    assert "cannot take writes" not in log.read_text()
