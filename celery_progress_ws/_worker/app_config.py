@@ -9,7 +9,7 @@ from celery import Celery
 from redis.cluster import RedisCluster
 
 from .._core.settings import ProgressSettings
-from .writer import ClientSource
+from .connection import ClientSource
 
 CONF_KEY = "celery_progress_ws"
 CLIENT_CONF_KEY = "celery_progress_ws_client"

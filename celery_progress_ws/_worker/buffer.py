@@ -54,6 +54,11 @@ class EntryBuffer(Generic[T]):
         if len(self._items) > self.capacity:
             self._evict(Rank.TERMINAL)
 
+    def take(self, count: int) -> list[tuple[T, Rank]]:
+        """Remove and return up to ``count`` of the oldest items with their ranks, oldest first."""
+        items = self._items
+        return [items.popleft() for _ in range(min(count, len(items)))]
+
     def pop(self) -> tuple[T, Rank] | None:
         """Remove and return the oldest item with its rank, or ``None`` if the buffer is empty."""
         return self._items.popleft() if self._items else None

@@ -15,51 +15,56 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from celery import signals
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._core import metrics
 from .._core.append import AppendCall, WriteCall
+from .._core.redis_errors import OUTAGE
 
 logger = logging.getLogger(__name__)
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _perf = time.perf_counter
 
-Runner = Callable[[WriteCall], Any]
-"""Runs one write call and returns the script's reply (an ``Append``, counted or not)."""
+
+class Runner(Protocol):
+    """Runs write calls (an ``Append``, counted or not): ``run_many`` returns one outcome per call, its reply or the
+    ``ResponseError`` Redis answered; ``batch`` is how many calls one round trip may carry."""
+
+    batch: int
+
+    def run_many(self, calls: Sequence[WriteCall]) -> list[Any]: ...
 
 
 class MeteredAppend:
     """Runs write calls through ``append`` and counts each entry written, its duration, and the refused ones."""
 
-    __slots__ = ("_append", "_up")
+    __slots__ = ("_append", "_up", "batch")
 
     def __init__(self, append: Runner) -> None:
         self._append = append
         self._up = False
+        self.batch = append.batch
 
-    def __call__(self, call: WriteCall) -> Any:
+    def run_many(self, calls: Sequence[WriteCall]) -> list[Any]:
         started = _perf()
-        try:
-            reply = self._append(call)
-        except (RedisConnectionError, RedisTimeoutError):
-            raise
-        except RedisError:
-            if isinstance(call, AppendCall):
+        outcomes = self._append.run_many(calls)
+        seconds = _perf() - started
+        for call, outcome in zip(calls, outcomes, strict=True):
+            if not isinstance(call, AppendCall):
+                continue
+            if not isinstance(outcome, RedisError):
+                metrics.worker.written(call.kind, seconds)
+            elif not isinstance(outcome, OUTAGE):
                 metrics.worker.dropped("refused")
-            raise
-        if isinstance(call, AppendCall):
-            metrics.worker.written(call.kind, _perf() - started)
         if not self._up:  # a new connection's first answer; outages and returns are the writer's to report
             self._up = True
             metrics.worker.redis_up(True)
-        return reply
+        return outcomes
 
 
 def metered(append: Runner) -> Runner:

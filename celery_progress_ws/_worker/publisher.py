@@ -40,9 +40,10 @@ from .._core.throttle import Decision, Throttle
 from .aggregate_updater import AggregateUpdates
 from .background import PublisherThread
 from .buffer import Rank
+from .connection import ClientSource
 from .meter import COMPUTED_FIELDS, Count, ProgressMeter, RawProgress, check_count, check_fields
 from .results import PublishResult, rank_of
-from .writer import ClientSource, StreamWriter
+from .writer import StreamWriter
 
 _INF = float("inf")
 _monotonic = time.monotonic

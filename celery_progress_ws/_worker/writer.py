@@ -14,7 +14,6 @@ outage like an unreachable one; an entry Redis refuses for good (``WRONGTYPE``, 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,18 +22,14 @@ import redis
 from redis.cluster import PRIMARY, RedisCluster
 
 from .._core import metrics
-from .._core.append import AppendCall, ConnectionAppend, ScriptAppend, WriteCall
-from .._core.clients import describe_url, writer_client
+from .._core.append import AppendCall, WriteCall
 from .._core.redis_errors import OUTAGE, REDIS_FAILURES, describe
-from .._core.sentinel import MasterCheck, master_check
 from .._core.settings import ProgressSettings
 from .buffer import Rank
+from .connection import ClientSource, WriterConnection
 from .lanes import Lane, Lanes, slot_owner
-from .metrics import Runner, metered
+from .metrics import Runner
 from .results import PublishResult
-
-ClientSource = redis.Redis | RedisCluster | Callable[[], redis.Redis | RedisCluster]
-"""A ready-made client, or a factory called once in each process (after a fork too) that makes one."""
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +53,9 @@ class StreamWriter:
     ) -> None:
         self.settings = settings
         self.lanes = Lanes(settings.pending_buffer_size)
-        self._given_client = client
+        self._connection = WriterConnection(settings, client, self._route_by_slots)
         self._lock = lock
         self._on_backlog = on_backlog
-        self._connect_lock = threading.Lock()
-        self._connected: tuple[redis.Redis | RedisCluster, Runner] | None = None
-        self._master_check: MasterCheck | None = None
-        self._connected_pid = 0
         self._awaited: dict[int, PublishResult | None] = {}
         """``id()`` of each call a caller will ask about in ``write_now`` -> what became of it (``None``: buffered)."""
 
@@ -135,7 +126,8 @@ class StreamWriter:
         return done
 
     def _drain_lane(self, lane: Lane, probe: bool) -> bool:
-        """Write ``lane``'s entries oldest first; ``True`` once it is empty, ``False`` if Redis failed."""
+        """Write ``lane``'s entries oldest first, as many per round trip as the runner takes; ``True`` once it is
+        empty, ``False`` if Redis failed."""
         written = 0
         came_back = probe_server = False
         with lane.io_lock:
@@ -143,41 +135,69 @@ class StreamWriter:
                 with self._lock:
                     if not (lane.healthy or probe):
                         return False
-                    taken = lane.buffer.pop()
-                    if taken is None:
-                        if lane.healthy or written:
-                            came_back = self.lanes.mark(lane, True)
-                            self.lanes.emptied(lane)
-                        else:  # a probe with nothing to write: ask the server itself
-                            probe_server = True
+                    empty = not lane.buffer
+                    if empty and (lane.healthy or written):
+                        came_back = self.lanes.mark(lane, True)
+                        self.lanes.emptied(lane)
                         break
-                call, rank = taken
+                if empty:  # a probe with nothing to write: ask the server itself
+                    probe_server = True
+                    break
                 try:
-                    reply = self._connect()[1](call)
+                    runner = self._connect()[1]
                 except OUTAGE as exc:
-                    with self._lock:
-                        lane.buffer.put_back(call, rank)
                     self._went_down(lane, exc)
                     return False
-                except REDIS_FAILURES as exc:  # a refusal for good (wrong key type, OOM...): retrying would not help
-                    self._settle(call, PublishResult.DROPPED)
-                    logger.warning(
-                        "celery-progress-ws: Redis refused an entry for %s (%s); skipped", call.keys[0], describe(exc)
-                    )
-                else:
-                    self._settle(call, PublishResult.SENT)
-                    written += 1
-                    handler = call.on_reply
-                    if handler is not None:
-                        try:
-                            handler(reply)
-                        except Exception:  # a bug in a handler must not keep the calls behind it from Redis
-                            logger.exception("celery-progress-ws: handling the reply for %s failed", call.keys[0])
+                with self._lock:
+                    taken = lane.buffer.take(runner.batch)
+                if not taken:
+                    continue
+                settled, healthy = self._write(lane, runner, taken)
+                written += settled
+                if not healthy:
+                    return False
             if probe_server:
                 return self._ping(lane)
         if came_back:
             self._came_back(lane, written)
         return True
+
+    def _write(self, lane: Lane, runner: Runner, taken: list[tuple[WriteCall, Rank]]) -> tuple[int, bool]:
+        """Run the ``taken`` calls in one round trip (``io_lock`` held) and put back, in order, those not settled;
+        return how many were settled (written or refused for good) and ``False`` if the server cannot take writes."""
+        try:
+            outcomes = runner.run_many([call for call, _ in taken])
+        except OUTAGE as exc:
+            self._put_back(lane, taken)
+            self._went_down(lane, exc)
+            return 0, False
+        except REDIS_FAILURES as exc:  # raised for the call as a whole: the first is refused, the rest go back
+            outcomes = [exc]
+            self._put_back(lane, taken[1:])
+        for index, ((call, _), outcome) in enumerate(zip(taken, outcomes, strict=False)):
+            if isinstance(outcome, OUTAGE):
+                self._put_back(lane, taken[index:])
+                self._went_down(lane, outcome)
+                return index, False
+            if isinstance(outcome, REDIS_FAILURES):  # a refusal for good (wrong key type, OOM...): retrying won't help
+                self._settle(call, PublishResult.DROPPED)
+                logger.warning(
+                    "celery-progress-ws: Redis refused an entry for %s (%s); skipped", call.keys[0], describe(outcome)
+                )
+                continue
+            self._settle(call, PublishResult.SENT)
+            handler = call.on_reply
+            if handler is not None:
+                try:
+                    handler(outcome)
+                except Exception:  # a bug in a handler must not keep the calls behind it from Redis
+                    logger.exception("celery-progress-ws: handling the reply for %s failed", call.keys[0])
+        return len(outcomes), True
+
+    def _put_back(self, lane: Lane, items: list[tuple[WriteCall, Rank]]) -> None:
+        with self._lock:
+            for call, rank in reversed(items):
+                lane.buffer.put_back(call, rank)
 
     def _ping(self, lane: Lane) -> bool:
         """Probe the server of an empty lane marked down (``io_lock`` held): back up if it answers; forgotten if a
@@ -247,49 +267,16 @@ class StreamWriter:
     def close(self) -> None:
         """Close the connection this writer opened (a later write reopens one); a given client is left open, one made by
         a given factory is closed."""
-        with self._connect_lock:
-            if self._connected is not None and not isinstance(self._given_client, (redis.Redis, RedisCluster)):
-                self._connected[0].close()  # opened here, by the settings or the caller's factory
-            self._connected = None
-            self._master_check = None
+        self._connection.close()
         with self._lock:
             self.lanes.route_by(None)
 
     def _connect(self) -> tuple[redis.Redis | RedisCluster, Runner]:
-        """This process's client and script runner, created on first use (may raise).
+        return self._connection.get()
 
-        Our own single-server client holds one connection that the runner drives directly: there is one lane, whose
-        ``io_lock`` serialises its writes, and skipping the pool and redis-py's command layers is a measurable part of a
-        round trip. On a Sentinel service it also confirms, once a second, that it still talks to the master the
-        sentinels name. A cluster client (thread-safe) routes each call to its slot's primary, and its slot map names
-        the lanes.
-        """
-        with self._connect_lock:
-            pid = os.getpid()
-            if self._connected is None or self._connected_pid != pid:
-                client = self._given() or writer_client(self.settings)
-                if isinstance(client, RedisCluster):  # EVALSHA routed by the key's slot; MOVED/ASK followed by it
-                    self._connected = (client, metered(ScriptAppend(client)))
-                    with self._lock:
-                        self.lanes.route_by(slot_owner(client))
-                elif self._given_client is not None:
-                    self._connected = (client, metered(ScriptAppend(client)))
-                else:
-                    assert client.connection is not None  # writer_client checks it
-                    self._connected = (client, metered(ConnectionAppend(client.connection)))
-                    self._master_check = master_check(client.connection)
-                self._connected_pid = pid
-            connected, check = self._connected, self._master_check
-        if check is not None:
-            check()
-        return connected
-
-    def _given(self) -> redis.Redis | RedisCluster | None:
-        """The caller's client: the one given, or the one its factory makes for this process."""
-        given = self._given_client
-        if given is None or isinstance(given, (redis.Redis, RedisCluster)):
-            return given
-        return given()
+    def _route_by_slots(self, client: RedisCluster) -> None:
+        with self._lock:
+            self.lanes.route_by(slot_owner(client))
 
     def _settle(self, call: WriteCall, outcome: PublishResult) -> None:
         """Note what became of ``call`` if a caller waits to hear it."""
@@ -328,5 +315,5 @@ class StreamWriter:
         )
 
     def _where(self, lane: Lane) -> str:
-        where = repr(self._given_client) if self._given_client is not None else describe_url(self.settings.redis_url)
+        where = self._connection.describe()
         return f"{where} (node {lane.name})" if lane.name else where

@@ -179,3 +179,38 @@ def test_script_append_announces_with_spublish_on_a_cluster_client(
     assert announced["data"] == f'{entry_id} {{"n":6}}'
     pubsub.close()
     subscriber.close()
+
+
+def test_run_many_answers_each_call_of_a_batch_in_order(
+    own_connection: redis.Redis, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """A refused call in the middle of a batch gets its own error; the calls around it are written, in order."""
+    keys = KeySpace(key_prefix)
+    redis_client.set(keys.stream("wrong-type"), "not a stream")
+    append = direct_append(own_connection)
+    first, refused, last = (
+        OperationAppender(keys, operation, maxlen=10)(f'{{"op":"{operation}"}}', ttl=60)
+        for operation in ("op-a", "wrong-type", "op-a")
+    )
+    outcomes = append.run_many([first, refused, last])
+    assert isinstance(outcomes[1], ResponseError)
+    written = [outcomes[0].decode(), outcomes[2].decode()]
+    assert written == [entry_id for entry_id, _ in redis_client.xrange(keys.stream("op-a"))]
+
+
+def test_run_many_reloads_scripts_a_flushed_server_forgot_and_keeps_each_streams_order(
+    private_redis: PrivateRedis, key_prefix: str
+) -> None:
+    """After SCRIPT FLUSH every call of a batch answers NOSCRIPT: the scripts are loaded and the calls run in order."""
+    keys = KeySpace(key_prefix)
+    client = redis.Redis.from_url(private_redis.url, single_connection_client=True, decode_responses=True)
+    try:
+        append = direct_append(client)
+        appender = OperationAppender(keys, "op-f", maxlen=10)
+        append(appender('{"n":0}', ttl=60))
+        client.script_flush()
+        outcomes = append.run_many([appender(f'{{"n":{n}}}', ttl=60) for n in range(1, 4)])
+        assert all(isinstance(outcome, str) for outcome in outcomes)
+        assert messages(client, keys.stream("op-f")) == [f'{{"n":{n}}}' for n in range(4)]
+    finally:
+        client.close()

@@ -251,14 +251,14 @@ def test_a_forked_child_uses_its_own_connection_and_state(
     """A child forked after the parent published opens its own connection, and does not inherit held-back values."""
     publisher.progress("op-fork", 1, 10)
     publisher.progress("op-fork", 2, 10)  # held back in the parent
-    parent_connected = publisher._writer._connected
+    parent_connected = publisher._writer._connection._connected
     assert parent_connected is not None
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit status
-        ok = publisher.buffered == 0 and publisher._writer._connected is None
+        ok = publisher.buffered == 0 and publisher._writer._connection._connected is None
         publisher.flush(timeout=2)  # must not write the parent's held-back value
         ok = ok and publisher.publish("op-fork", "child", {"pid": os.getpid()}) is PublishResult.SENT
-        child_connected = publisher._writer._connected
+        child_connected = publisher._writer._connection._connected
         ok = ok and child_connected is not None and child_connected[0] is not parent_connected[0]
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
