@@ -33,6 +33,8 @@ from .settings import ProgressSettings
 
 WEB_COMMAND_CONNECTIONS = 1
 """Command connections of a web process; with the pub/sub connection, two reading connections in all."""
+WEB_CLUSTER_COMMAND_CONNECTIONS = 4
+"""Commands a web process has in flight on a cluster at most: at most this many connections to each node."""
 REGISTRATION_TIMEOUT_FACTOR = 10
 """``track()``'s one pipelined registration may carry thousands of children: its reply may take this much longer."""
 WATCH_CONNECT_TIMEOUT_SECONDS = 5.0
@@ -211,6 +213,8 @@ def async_command_client(settings: ProgressSettings) -> AsyncClient:
     if cluster is not None:
         return async_cluster_client(
             cluster,
+            connections=WEB_CLUSTER_COMMAND_CONNECTIONS,
+            wait_seconds=settings.socket_timeout_seconds,
             socket_timeout=settings.socket_timeout_seconds,
             socket_connect_timeout=settings.socket_timeout_seconds,
             retry=AsyncRetry(NoBackoff(), 1),

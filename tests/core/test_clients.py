@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
 import pytest
 import redis
 import redis.asyncio
@@ -17,6 +20,7 @@ from celery_progress_ws._core.cluster import ClusterTarget, parse_cluster_url
 from celery_progress_ws._core.sentinel import parse_sentinel_url
 from celery_progress_ws.web import ProgressManager
 from celery_progress_ws.web._cluster_source import ClusterSource
+from devtools.cluster import PrivateCluster
 from devtools.servers import PrivateRedis
 
 SETTINGS = ProgressSettings(redis_url="redis://127.0.0.1:6390/3", socket_timeout_seconds=0.7)
@@ -222,3 +226,37 @@ async def test_every_client_of_a_sentinel_url_connects_through_the_sentinels() -
     assert retry_of(pubsub.connection_pool.connection_kwargs) == (0, (), NoBackoff)
     await command.aclose()
     await pubsub.aclose()
+
+
+async def test_a_burst_on_the_async_cluster_client_waits_for_turns_within_the_connection_cap(
+    redis_cluster: PrivateCluster,
+) -> None:
+    """600 commands at once (history reads, lease renewals, pipelines) all succeed, and no node ever holds more than
+    the web half's few command connections: a burst waits instead of failing past redis-py's per-node cap."""
+    client = clients.async_command_client(ProgressSettings(redis_url=redis_cluster.url))
+    assert isinstance(client, AsyncRedisCluster)
+    name = f"cpws-burst-{uuid.uuid4().hex[:8]}"
+    try:
+        await client.initialize()
+        for node in client.get_nodes():
+            node.connection_kwargs["client_name"] = name
+        keys = [f"cpws-burst:{{{i}}}" for i in range(200)]
+
+        async def pipelined(key: str) -> list[object]:
+            pipe = client.pipeline()
+            pipe.get(key)
+            pipe.exists(key)
+            return await pipe.execute()
+
+        replies = await asyncio.gather(
+            *(client.get(key) for key in keys), *(client.xrange(key) for key in keys), *(pipelined(key) for key in keys)
+        )
+        assert replies[:400] == [None] * 200 + [[]] * 200
+        assert replies[400:] == [[None, 0]] * 200
+        per_node = []
+        for node in client.get_nodes():
+            listed = await client.client_list(target_nodes=node)
+            per_node.append(sum(1 for entry in listed if entry["name"] == name))
+        assert 0 < max(per_node) <= clients.WEB_CLUSTER_COMMAND_CONNECTIONS
+    finally:
+        await client.aclose()
