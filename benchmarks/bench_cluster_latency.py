@@ -146,6 +146,9 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "out_of_order": sum(r["out_of_order"] for r in rounds),
         "cpu": median([r["cpu_us_per_message"] for r in rounds]),
         "connections": rounds[-1]["connections"],
+        "closes": sorted(
+            {code for r in rounds for code in r["close_codes"]} | {kind for r in rounds for kind in r["other"]}
+        ),
     }
 
 
@@ -186,6 +189,12 @@ def fault_round(
     return result
 
 
+def log_summary(path: Path) -> str:
+    """Each distinct line of a child's log with its count, so warnings of the web process show in the report."""
+    lines = Counter(path.read_text(errors="replace").splitlines()) if path.exists() else Counter()
+    return "; ".join(f"{count} x {line}" for line, count in lines.most_common(5)) or "empty"
+
+
 def main() -> None:
     args = parse_args()
     shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")]
@@ -201,9 +210,12 @@ def main() -> None:
     ):
         urls = {"single": plain.url, "cluster": cluster.url}
         ports = {"single": [plain.port], "cluster": [node.port for node in cluster.nodes]}
-        servers = {name: run.add(Server("ours", urls[name], run.prefix, run.log_dir)) for name in TOPOLOGIES}
+        logs = {name: run.log_dir / name for name in TOPOLOGIES}  # each topology's children log apart
+        for folder in logs.values():
+            folder.mkdir()
+        servers = {name: run.add(Server("ours", urls[name], run.prefix, logs[name])) for name in TOPOLOGIES}
         loadgens = {
-            name: run.add(LoadGen(urls[name], run.prefix, run.log_dir, "report_progress")) for name in TOPOLOGIES
+            name: run.add(LoadGen(urls[name], run.prefix, logs[name], "report_progress")) for name in TOPOLOGIES
         }
         fleet = run.add(Fleet(run.log_dir))
         for name in TOPOLOGIES:
@@ -239,6 +251,8 @@ def main() -> None:
                     flush=True,
                 )
     print_tables(shapes, rates, results, faults, args, time.monotonic() - started, run.load_report)
+    for name in TOPOLOGIES:
+        print(f"web process log ({name}): {log_summary(servers[name].log_path)}")
 
 
 def print_tables(
@@ -269,6 +283,7 @@ def print_tables(
                         s["duplicates"],
                         s["out_of_order"],
                         f"{s['cpu']:.0f}",
+                        ", ".join(s["closes"]) or "-",
                         s["connections"],
                     ]
                 )
@@ -296,6 +311,7 @@ def print_tables(
         "dup",
         "out of order",
         "web CPU µs/msg",
+        "closes / other messages",
         "web process' Redis connections (last command)",
     ]
     print(table(headers, rows))
