@@ -13,7 +13,7 @@ rate: a graceful ``CLUSTER FAILOVER`` and a SIGKILL of the primary (its replica 
 passed). Reported: how long the fault took to settle, the largest publish-to-WebSocket delay of the entries written
 around it (entries a worker wrote while no primary took writes wait in its buffer) and whether every one arrived once.
 
-    .venv/bin/python -m benchmarks.bench_cluster_latency            # full run, about 6 minutes
+    .venv/bin/python -m benchmarks.bench_cluster_latency            # full run, about 3 minutes
     .venv/bin/python -m benchmarks.bench_cluster_latency --quick    # one short round, two faults
 """
 
