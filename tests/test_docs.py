@@ -44,5 +44,8 @@ def test_python_examples_run(path: Path, settings_env: None, monkeypatch: pytest
     """Each document's Python examples run top to bottom in one module, as a reader would paste them into one."""
     module = types.ModuleType(f"docs_{path.stem}")
     monkeypatch.setitem(sys.modules, module.__name__, module)  # frameworks (Litestar) resolve annotations through it
+    # The Django example sets it (setdefault); set here, it is removed again afterwards: left set, later Celery apps of
+    # this process would load Celery's Django fixup, whose worker start reconfigures logging.
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "example_project.django_site.settings")
     for block in python_blocks(path):
         exec(compile(block, str(path), "exec"), module.__dict__)

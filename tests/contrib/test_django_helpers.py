@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Iterator
 
 import django
 import pytest
@@ -15,10 +16,17 @@ from celery_progress_ws.contrib.django._hosts import host_allowed
 
 
 @pytest.fixture(scope="module", autouse=True)
-def django_settings() -> None:
-    """Django set up with the example project's settings (as the docs' examples do; Django sets up once a process)."""
+def django_settings() -> Iterator[None]:
+    """Django set up with the example project's settings (as the docs' examples do; Django sets up once a process).
+
+    The variable goes afterwards: Celery apps made later in this process would otherwise load Celery's Django fixup,
+    whose worker start runs ``django.setup()`` again and resets the loggers the project's ``LOGGING`` names."""
+    had = "DJANGO_SETTINGS_MODULE" in os.environ
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.django_site.settings")
     django.setup()
+    yield
+    if not had:
+        del os.environ["DJANGO_SETTINGS_MODULE"]
 
 
 def host(value: str) -> dict[str, list[tuple[bytes, bytes]]]:
