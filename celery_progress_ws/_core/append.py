@@ -155,16 +155,17 @@ class ConnectionAppend:
     the connection is closed, so a late reply can never be read as the answer to a later command. A closed connection
     is reopened by its ``connect()``, which is where a Sentinel-managed connection asks the sentinels for the current
     master (sending on a closed connection would reopen it at its last address). One server (or a Sentinel
-    service's master) announces with ``PUBLISH``.
+    service's master) announces with ``PUBLISH``; a cluster primary's own connection with ``SPUBLISH``.
     """
 
-    __slots__ = ("_connection",)
+    __slots__ = ("_connection", "_publish")
 
     batch = 64
     """Calls sent in one round trip at most (an entry and its owner's summary, or a backlog after an outage)."""
 
-    def __init__(self, connection: CommandConnection) -> None:
+    def __init__(self, connection: CommandConnection, publish: PublishCommand = PublishCommand.PUBLISH) -> None:
         self._connection = connection
+        self._publish = publish
 
     def __call__(self, call: WriteCall) -> Any:
         """Run ``call`` and return the script's reply; raises the error Redis answered with."""
@@ -203,7 +204,7 @@ class ConnectionAppend:
 
     def _send(self, calls: Sequence[WriteCall]) -> list[Any]:
         commands = [
-            ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *script_arguments(call, PublishCommand.PUBLISH))
+            ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *script_arguments(call, self._publish))
             for call in calls
         ]
         self._connection.send_packed_command(self._connection.pack_commands(commands))

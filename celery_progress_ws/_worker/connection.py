@@ -16,7 +16,7 @@ from collections.abc import Callable
 import redis
 from redis.cluster import RedisCluster
 
-from .._core.append import ConnectionAppend, ScriptAppend
+from .._core.append import ConnectionAppend, PublishCommand, ScriptAppend
 from .._core.clients import describe_url, writer_client
 from .._core.sentinel import MasterCheck, master_check
 from .._core.settings import ProgressSettings
@@ -76,3 +76,14 @@ class WriterConnection:
             return (client, metered(ScriptAppend(client))), None
         assert client.connection is not None  # writer_client checks it
         return (client, metered(ConnectionAppend(client.connection))), master_check(client.connection)
+
+
+def node_runner(client: RedisCluster, name: str) -> tuple[Runner, redis.Connection] | None:
+    """A runner on a connection of its own to the cluster node ``name`` (made here: may raise redis-py's errors),
+    which drives it directly and in batches, announcing with ``SPUBLISH``; ``None`` if the client knows no such node.
+    A ``MOVED`` or ``ASK`` answer on it means the slot moved: its caller goes through the cluster client instead."""
+    node = client.get_node(node_name=name)  # type: ignore[no-untyped-call]
+    if node is None:
+        return None
+    connection = client.get_redis_connection(node).connection_pool.get_connection()
+    return metered(ConnectionAppend(connection, PublishCommand.SPUBLISH)), connection

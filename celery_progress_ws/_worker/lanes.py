@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
@@ -27,9 +28,9 @@ SlotOwner = Callable[[int], str | None]
 
 
 class Lane:
-    """The buffer and health of writes to one server; ``io_lock`` serialises its writes."""
+    """The buffer and health of writes to one server; ``io_lock`` serialises its writes (and guards ``direct``)."""
 
-    __slots__ = ("buffer", "healthy", "io_lock", "name", "retry_at", "slots")
+    __slots__ = ("buffer", "direct", "healthy", "io_lock", "name", "retry_at", "slots")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
@@ -39,6 +40,8 @@ class Lane:
         self.io_lock = threading.Lock()
         self.slots: set[int] = set()
         """Hash slots with entries in this lane (cluster only): their next entries must queue here too."""
+        self.direct: tuple[int, Any, Any] | None = None
+        """The process id, runner and connection of this cluster node's own connection, made by the writer."""
 
 
 class Lanes:
@@ -73,18 +76,18 @@ class Lanes:
         return lane
 
     def emptied(self, lane: Lane) -> None:
-        """``lane`` has no entries left: its slots route anew, and a healthy cluster node's lane goes until needed."""
+        """``lane`` has no entries left: its slots route anew (the lane stays, with its node's connection)."""
         for slot in lane.slots:
             if self._by_slot.get(slot) is lane:
                 del self._by_slot[slot]
         lane.slots.clear()
-        if lane.name != UNROUTED and lane.healthy:
-            self._by_name.pop(lane.name, None)
 
     def forget(self, lane: Lane) -> None:
         """Drop an empty lane whose server no longer serves any slot (a failed-over primary)."""
         self.mark(lane, True)
         self.emptied(lane)
+        if lane.name != UNROUTED:
+            self._by_name.pop(lane.name, None)
 
     def mark(self, lane: Lane, healthy: bool) -> bool:
         """Set ``lane``'s health; ``True`` if it changed."""

@@ -14,19 +14,21 @@ outage like an unreachable one; an entry Redis refuses for good (``WRONGTYPE``, 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 
 import redis
 from redis.cluster import PRIMARY, RedisCluster
+from redis.exceptions import AskError, MovedError
 
 from .._core import metrics
 from .._core.append import AppendCall, WriteCall
 from .._core.redis_errors import OUTAGE, REDIS_FAILURES, describe
 from .._core.settings import ProgressSettings
 from .buffer import Rank
-from .connection import ClientSource, WriterConnection
+from .connection import ClientSource, WriterConnection, node_runner
 from .lanes import Lane, Lanes, slot_owner
 from .metrics import Runner
 from .results import PublishResult
@@ -129,7 +131,7 @@ class StreamWriter:
         """Write ``lane``'s entries oldest first, as many per round trip as the runner takes; ``True`` once it is
         empty, ``False`` if Redis failed."""
         written = 0
-        came_back = probe_server = False
+        came_back = probe_server = redirected = False
         with lane.io_lock:
             while True:
                 with self._lock:
@@ -144,7 +146,7 @@ class StreamWriter:
                     probe_server = True
                     break
                 try:
-                    runner = self._connect()[1]
+                    runner = self._shared() if redirected else self._runner(lane)
                 except OUTAGE as exc:
                     self._went_down(lane, exc)
                     return False
@@ -152,7 +154,7 @@ class StreamWriter:
                     taken = lane.buffer.take(runner.batch)
                 if not taken:
                     continue
-                settled, healthy = self._write(lane, runner, taken)
+                settled, healthy, redirected = self._write(lane, runner, taken)
                 written += settled
                 if not healthy:
                     return False
@@ -162,23 +164,27 @@ class StreamWriter:
             self._came_back(lane, written)
         return True
 
-    def _write(self, lane: Lane, runner: Runner, taken: list[tuple[WriteCall, Rank]]) -> tuple[int, bool]:
+    def _write(self, lane: Lane, runner: Runner, taken: list[tuple[WriteCall, Rank]]) -> tuple[int, bool, bool]:
         """Run the ``taken`` calls in one round trip (``io_lock`` held) and put back, in order, those not settled;
-        return how many were settled (written or refused for good) and ``False`` if the server cannot take writes."""
+        return how many were settled (written or refused for good), ``False`` if the server cannot take writes, and
+        ``True`` if a cluster node redirected a call (the rest of the lane then goes through the cluster client)."""
         try:
             outcomes = runner.run_many([call for call, _ in taken])
         except OUTAGE as exc:
             self._put_back(lane, taken)
             self._went_down(lane, exc)
-            return 0, False
+            return 0, False, False
         except REDIS_FAILURES as exc:  # raised for the call as a whole: the first is refused, the rest go back
             outcomes = [exc]
             self._put_back(lane, taken[1:])
         for index, ((call, _), outcome) in enumerate(zip(taken, outcomes, strict=False)):
+            if isinstance(outcome, (MovedError, AskError)):  # a node's own connection: its slot moved
+                self._put_back(lane, taken[index:])
+                return index, True, True
             if isinstance(outcome, OUTAGE):
                 self._put_back(lane, taken[index:])
                 self._went_down(lane, outcome)
-                return index, False
+                return index, False, False
             if isinstance(outcome, REDIS_FAILURES):  # a refusal for good (wrong key type, OOM...): retrying won't help
                 self._settle(call, PublishResult.DROPPED)
                 logger.warning(
@@ -192,7 +198,7 @@ class StreamWriter:
                     handler(outcome)
                 except Exception:  # a bug in a handler must not keep the calls behind it from Redis
                     logger.exception("celery-progress-ws: handling the reply for %s failed", call.keys[0])
-        return len(outcomes), True
+        return len(outcomes), True, False
 
     def _put_back(self, lane: Lane, items: list[tuple[WriteCall, Rank]]) -> None:
         with self._lock:
@@ -267,12 +273,36 @@ class StreamWriter:
     def close(self) -> None:
         """Close the connection this writer opened (a later write reopens one); a given client is left open, one made by
         a given factory is closed."""
+        for lane in self.lanes:
+            with lane.io_lock:
+                if lane.direct is not None:
+                    lane.direct[2].disconnect()
+                    lane.direct = None
         self._connection.close()
         with self._lock:
             self.lanes.route_by(None)
 
     def _connect(self) -> tuple[redis.Redis | RedisCluster, Runner]:
         return self._connection.get()
+
+    def _shared(self) -> Runner:
+        return self._connection.get()[1]
+
+    def _runner(self, lane: Lane) -> Runner:
+        """``lane``'s runner (``io_lock`` held): on a cluster, while the lane is healthy, its primary's own connection
+        (``node_runner``); otherwise the shared client, which re-reads the slot map and follows redirects: what a lane
+        marked down needs to reach a promoted replica."""
+        client, shared = self._connection.get()
+        if not lane.name or not lane.healthy or not isinstance(client, RedisCluster):
+            return shared
+        pid = os.getpid()
+        if lane.direct is None or lane.direct[0] != pid:
+            made = node_runner(client, lane.name)
+            if made is None:
+                return shared
+            lane.direct = (pid, *made)
+        runner: Runner = lane.direct[1]
+        return runner
 
     def _route_by_slots(self, client: RedisCluster) -> None:
         with self._lock:

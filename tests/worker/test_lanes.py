@@ -48,8 +48,8 @@ def test_a_moved_slot_stays_in_its_lane_until_that_lane_is_empty() -> None:
     assert lanes.lane_for(call("x:{1}")).name == "new:2"
 
 
-def test_health_is_counted_per_lane_and_an_emptied_healthy_node_lane_is_dropped() -> None:
-    """``down`` counts lanes marked down; a node's lane goes once empty and healthy, a down one stays."""
+def test_health_is_counted_per_lane_and_only_a_forgotten_lane_is_dropped() -> None:
+    """``down`` counts lanes marked down; emptied lanes stay (with their node's connection) until forgotten."""
     owners = {key_slot(b"x:{1}"): "n1:1", key_slot(b"x:{2}"): "n2:2"}
     lanes = Lanes(10)
     lanes.route_by(owners.get)
@@ -59,10 +59,10 @@ def test_health_is_counted_per_lane_and_an_emptied_healthy_node_lane_is_dropped(
     assert lanes.down == 1
     lanes.emptied(first)
     lanes.emptied(second)
-    assert {lane.name for lane in lanes} == {UNROUTED, "n1:1"}
+    assert {lane.name for lane in lanes} == {UNROUTED, "n1:1", "n2:2"}
     lanes.forget(first)
     assert lanes.down == 0
-    assert {lane.name for lane in lanes} == {UNROUTED}
+    assert {lane.name for lane in lanes} == {UNROUTED, "n2:2"}
 
 
 def test_each_lane_is_bounded_on_its_own() -> None:
