@@ -3,9 +3,11 @@
 Each simulated task goes through the calls the Celery signals make, on one ``ProgressPublisher``: ``queued`` (as the
 sender's ``before_task_publish`` writes it, with the owner for owned tasks), ``started`` (after ``own()``, as
 ``task_prerun`` does), ``PROGRESS`` forced progress reports and ``completed``. Owned and unowned tasks alternate, so
-both see the same machine. Measured: round trips (the private server's ``EVALSHA`` count, nothing else talks to it),
-the median time of one status change (``publish`` of ``started`` / ``completed``, in µs), and the bytes each operation
-adds to Redis (``MEMORY USAGE``; for the shared per-user keys, their size over the operations they hold).
+both see the same machine. Measured: scripts run (the private server's ``EVALSHA`` count, nothing else talks to
+it), round trips (its ``total_reads_processed``: one per request batch the publisher sends, less this script's own
+``INFO`` reads), the median time of one status change (``publish`` of ``started`` / ``completed``, in µs), and the
+bytes each operation adds to Redis (``MEMORY USAGE``; for the shared per-user keys, their size over the operations
+they hold).
 
     .venv/bin/python benchmarks/bench_ownership.py            # print the table (about ten seconds)
 """
@@ -30,16 +32,18 @@ PROGRESS = 5
 USER = "bench-user"
 
 
-def evalsha_calls(client: redis.Redis) -> int:
-    stats = client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+def counters(client: redis.Redis) -> tuple[int, int]:
+    """The server's EVALSHA calls and read events so far (this call itself is one read event)."""
+    calls = int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    return calls, int(client.info("stats")["total_reads_processed"])
 
 
-def one_task(publisher: ProgressPublisher, client: redis.Redis, owned: bool, timings: list[float]) -> int:
-    """Run one task's lifecycle; return the round trips it took; append its status changes' durations (µs)."""
+def one_task(publisher: ProgressPublisher, client: redis.Redis, owned: bool, timings: list[float]) -> tuple[int, int]:
+    """Run one task's lifecycle; return the scripts it ran and the round trips it took; append its status changes'
+    durations (µs)."""
     operation = f"op-{uuid.uuid4().hex[:12]}"
     owner = USER if owned else None
-    before = evalsha_calls(client)
+    before = counters(client)
     publisher.publish(operation, "status_update", {"status": "queued", "task_name": "bench"}, owner=owner)
     if owned:
         publisher.own(operation, USER)
@@ -51,7 +55,8 @@ def one_task(publisher: ProgressPublisher, client: redis.Redis, owned: bool, tim
     began = time.perf_counter()
     publisher.publish(operation, "status_update", {"status": "completed", "task_name": "bench"}, final=True)
     timings.append((time.perf_counter() - began) * 1e6)
-    return evalsha_calls(client) - before
+    after = counters(client)
+    return after[0] - before[0], after[1] - before[1] - 2  # the two INFO reads of ``counters`` that follow ``before``
 
 
 def memory(client: redis.Redis, key: str) -> int:
@@ -95,7 +100,8 @@ def main() -> None:
         rows.append(
             [
                 "owned" if owned else "unowned",
-                f"{statistics.mean(row['trips']):.1f}",
+                f"{statistics.mean(trips[0] for trips in row['trips']):.1f}",
+                f"{statistics.mean(trips[1] for trips in row['trips']):.1f}",
                 f"{statistics.median(row['us']):.0f}",
                 f"{stream_bytes:,.0f}",
                 f"{owner_bytes + summaries + index + feed:,.0f}" if owned else "0",
@@ -103,7 +109,8 @@ def main() -> None:
         )
     print(machine_line())
     print(f"{TASKS} tasks per mode, each: queued, started, {PROGRESS} forced progress reports, completed\n")
-    print(table(["tasks", "round trips / task", "µs / status change (median)", "stream bytes", "history bytes"], rows))
+    heading = ["tasks", "scripts / task", "round trips / task", "µs / status change (median)", "stream bytes"]
+    print(table([*heading, "history bytes"], rows))
     print(
         f"\nhistory bytes per owned operation: owner key {owner_bytes:,.0f}, summary {summaries:,.0f} "
         f"(JSON {summary_json} bytes), index {index:,.0f}, feed {feed:,.0f} "
