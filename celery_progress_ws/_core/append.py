@@ -99,8 +99,87 @@ class ScriptCall:
     on_reply: Callable[[Any], None] | None = None
 
 
-WriteCall = AppendCall | ScriptCall
+SEEN_FUNCTION = f"""
+local function seen(stream, message, depth)
+  if depth > 0 then
+    local recent = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', depth)
+    for i = 1, #recent do
+      local fields = recent[i][2]
+      for j = 1, #fields - 1, 2 do
+        if fields[j] == '{MESSAGE_FIELD}' and fields[j + 1] == message then return recent[i][1] end
+      end
+    end
+  end
+  return false
+end
+local depth = tonumber(table.remove(ARGV, #ARGV - 1))
+local found = seen(KEYS[1], ARGV[2], depth)
+if found then return found end
+"""
+"""Lua run before an append script's own body when the append is sent again: the depth argument (just before the
+publish command) is taken out of ARGV, and an entry already holding this message among the stream's last ``depth``
+ones is answered with its id instead of being written twice."""
+
+
+def _retry_of(script: LuaScript) -> LuaScript:
+    """``script`` (an ``append_entry`` script: KEYS[1] the stream, ARGV[2] the message) guarded by ``SEEN_FUNCTION``."""
+    return LuaScript(script.source.replace(APPEND_FUNCTION, APPEND_FUNCTION + SEEN_FUNCTION, 1), announces=True)
+
+
+_RETRIES: dict[str, LuaScript] = {}
+
+
+def retryable(script: LuaScript) -> LuaScript:
+    """Register ``script``'s guarded twin for ``RetriedAppend``; returns ``script``."""
+    _RETRIES[script.sha] = _retry_of(script)
+    return script
+
+
+retryable(APPEND)
+
+RETRY_MARGIN = 8
+"""Entries of other writers that may have landed between a lost write and its second sending."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetriedAppend:
+    """An append sent again after its fate was lost (the connection dropped or timed out after sending it): its
+    script first looks for the entry among the stream's last ``depth`` entries and answers that entry's id rather
+    than writing it twice, so a write retried across a failover or a frozen server lands once."""
+
+    call: AppendCall
+    depth: int
+    on_reply: ClassVar[None] = None
+
+    @property
+    def script(self) -> LuaScript:
+        return _RETRIES[self.call.script.sha]
+
+    @property
+    def keys(self) -> list[str]:
+        return self.call.keys
+
+    @property
+    def args(self) -> list[str | int]:
+        return [*self.call.args, self.depth]
+
+    @property
+    def kind(self) -> str:
+        return self.call.kind
+
+
+WriteCall = AppendCall | ScriptCall | RetriedAppend
 """What a writer's buffer holds and its runner runs."""
+
+
+def retried(call: WriteCall, depth: int) -> WriteCall:
+    """``call`` to send again when it may have run already: an append looks for itself among the stream's last
+    ``depth`` entries first; other scripts (summaries, aggregate updates) give the same result when run twice."""
+    if isinstance(call, RetriedAppend):
+        return RetriedAppend(call.call, max(call.depth, depth))
+    if isinstance(call, AppendCall) and call.script.sha in _RETRIES:
+        return RetriedAppend(call, depth)
+    return call
 
 
 def script_arguments(call: WriteCall, publish: PublishCommand) -> tuple[str | int | float, ...]:
@@ -183,8 +262,8 @@ class ConnectionAppend:
             self._connection.disconnect()
             if isinstance(exc, RedisTimeoutError):
                 raise
-        try:  # the connection had dropped: once more, on a new one
-            return self._run_many(calls)
+        try:  # the connection had dropped, maybe after the server ran some calls: once more, on a new one
+            return self._run_many([retried(call, len(calls) + RETRY_MARGIN) for call in calls])
         except (RedisConnectionError, RedisTimeoutError):
             self._connection.disconnect()
             raise

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .append import APPEND_FUNCTION, AppendCall, LuaScript, ScriptCall
+from .append import APPEND_FUNCTION, AppendCall, LuaScript, ScriptCall, retryable
 from .jsonsafe import json_safe_fields
 from .keys import KeySpace
 from .schemas import CHUNKING_PROGRESS, OPERATION_UPDATE, STATUS_UPDATE
@@ -119,7 +119,7 @@ return append_entry(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[#ARGV])
 call, then the owner's digest, the owner key's TTL and the publish command (added by the runner)."""
 
 RECORD = LuaScript(RECORD_SCRIPT, announces=True)
-OWNED_APPEND = LuaScript(OWNED_APPEND_SCRIPT, announces=True)
+OWNED_APPEND = retryable(LuaScript(OWNED_APPEND_SCRIPT, announces=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from celery import signals
 from redis.exceptions import RedisError
 
 from .._core import metrics
-from .._core.append import AppendCall, WriteCall
+from .._core.append import AppendCall, RetriedAppend, WriteCall
 from .._core.redis_errors import OUTAGE
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class MeteredAppend:
         outcomes = self._append.run_many(calls)
         seconds = _perf() - started
         for call, outcome in zip(calls, outcomes, strict=True):
-            if not isinstance(call, AppendCall):
+            if not isinstance(call, (AppendCall, RetriedAppend)):
                 continue
             if not isinstance(outcome, RedisError):
                 metrics.worker.written(call.kind, seconds)

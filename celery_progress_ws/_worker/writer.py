@@ -24,7 +24,7 @@ from redis.cluster import PRIMARY, RedisCluster
 from redis.exceptions import AskError, MovedError
 
 from .._core import metrics
-from .._core.append import AppendCall, WriteCall
+from .._core.append import RETRY_MARGIN, AppendCall, WriteCall, retried
 from .._core.redis_errors import OUTAGE, REDIS_FAILURES, describe
 from .._core.settings import ProgressSettings
 from .buffer import Rank
@@ -170,8 +170,9 @@ class StreamWriter:
         ``True`` if a cluster node redirected a call (the rest of the lane then goes through the cluster client)."""
         try:
             outcomes = runner.run_many([call for call, _ in taken])
-        except OUTAGE as exc:
-            self._put_back(lane, taken)
+        except OUTAGE as exc:  # the server may have run some of them: each looks for itself when sent again
+            depth = len(taken) + RETRY_MARGIN
+            self._put_back(lane, [(retried(call, depth), rank) for call, rank in taken])
             self._went_down(lane, exc)
             return 0, False, False
         except REDIS_FAILURES as exc:  # raised for the call as a whole: the first is refused, the rest go back

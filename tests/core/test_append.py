@@ -19,6 +19,7 @@ from celery_progress_ws._core.append import (
     PublishCommand,
     ScriptAppend,
     publish_command,
+    retried,
     script_arguments,
 )
 from celery_progress_ws._core.keys import KeySpace
@@ -214,3 +215,20 @@ def test_run_many_reloads_scripts_a_flushed_server_forgot_and_keeps_each_streams
         assert messages(client, keys.stream("op-f")) == [f'{{"n":{n}}}' for n in range(4)]
     finally:
         client.close()
+
+
+def test_an_append_sent_again_finds_itself_and_is_not_written_twice(
+    own_connection: redis.Redis, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """A retried append whose entry is already among the stream's last entries answers that entry's id; one whose
+    entry is not there (it never ran) is written, once."""
+    keys = KeySpace(key_prefix)
+    append = direct_append(own_connection)
+    appender = OperationAppender(keys, "op-r", maxlen=10)
+    ran = appender('{"n":1}', ttl=60)
+    first_id = append(ran)
+    append(appender('{"n":2}', ttl=60))  # another entry after it, as another writer's could be
+    assert append(retried(ran, 4)) == first_id
+    assert append(retried(appender('{"n":3}', ttl=60), 4)) != first_id
+    assert messages(redis_client, keys.stream("op-r")) == ['{"n":1}', '{"n":2}', '{"n":3}']
+    assert 50 < redis_client.ttl(keys.stream("op-r")) <= 60
