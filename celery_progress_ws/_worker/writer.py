@@ -146,7 +146,8 @@ class StreamWriter:
                     probe_server = True
                     break
                 try:
-                    runner = self._shared() if redirected else self._runner(lane)
+                    shared = self._shared()
+                    runner = shared if redirected else self._runner(lane)
                 except OUTAGE as exc:
                     self._went_down(lane, exc)
                     return False
@@ -154,7 +155,7 @@ class StreamWriter:
                     taken = lane.buffer.take(runner.batch)
                 if not taken:
                     continue
-                settled, healthy, redirected = self._write(lane, runner, taken)
+                settled, healthy, redirected = self._write(lane, runner, taken, direct=runner is not shared)
                 written += settled
                 if not healthy:
                     return False
@@ -164,10 +165,14 @@ class StreamWriter:
             self._came_back(lane, written)
         return True
 
-    def _write(self, lane: Lane, runner: Runner, taken: list[tuple[WriteCall, Rank]]) -> tuple[int, bool, bool]:
+    def _write(
+        self, lane: Lane, runner: Runner, taken: list[tuple[WriteCall, Rank]], *, direct: bool
+    ) -> tuple[int, bool, bool]:
         """Run the ``taken`` calls in one round trip (``io_lock`` held) and put back, in order, those not settled;
         return how many were settled (written or refused for good), ``False`` if the server cannot take writes, and
-        ``True`` if a cluster node redirected a call (the rest of the lane then goes through the cluster client)."""
+        ``True`` if a cluster node's ``direct`` connection redirected a call (the rest of the lane then goes through
+        the cluster client). A redirect that reaches the shared client is an outage: a single-server client pointed
+        at a cluster node, or a cluster client out of redirections."""
         try:
             outcomes = runner.run_many([call for call, _ in taken])
         except OUTAGE as exc:  # the server may have run some of them: each looks for itself when sent again
@@ -179,7 +184,7 @@ class StreamWriter:
             outcomes = [exc]
             self._put_back(lane, taken[1:])
         for index, ((call, _), outcome) in enumerate(zip(taken, outcomes, strict=False)):
-            if isinstance(outcome, (MovedError, AskError)):  # a node's own connection: its slot moved
+            if direct and isinstance(outcome, (MovedError, AskError)):  # a node's own connection: its slot moved
                 self._put_back(lane, taken[index:])
                 return index, True, True
             if isinstance(outcome, OUTAGE):

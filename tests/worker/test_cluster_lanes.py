@@ -92,3 +92,23 @@ def test_a_shard_that_cannot_take_writes_holds_back_only_its_own_operations(
     # came: sent again, it finds itself in the stream and is not written twice.
     assert written == ([1, 2, 3, 4] if fault == "killed" else [0, 1, 2, 3, 4])
     assert values(reader, settings, flowing) == list(range(21))
+
+
+def test_a_plain_url_at_one_cluster_node_buffers_what_other_nodes_serve_and_never_calls_it_sent(
+    partial_cluster: PrivateCluster, settings: ProgressSettings, reader: RedisCluster
+) -> None:
+    """A single-server URL pointed at one primary: writes for its own slots are sent; a write another primary serves
+    is answered MOVED, which is an outage (buffered, ``healthy`` False), not ``sent``, and the call returns at once."""
+    node = partial_cluster.primary_of(0)
+    plain = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{partial_cluster.nodes[node].port}/0"})
+    shards = ids_on_every_shard(partial_cluster, settings)
+    own, elsewhere = shards[0][0], shards[1][0]
+    publisher = ProgressPublisher(plain)
+    try:
+        assert publisher.publish(own, "tick", {"i": 0}) is PublishResult.SENT
+        assert publisher.publish(elsewhere, "tick", {"i": 0}) is PublishResult.BUFFERED
+        assert not publisher.healthy
+    finally:
+        publisher.close(timeout=0.5)
+    assert values(reader, settings, own) == [0]
+    assert values(reader, settings, elsewhere) == []
