@@ -272,3 +272,23 @@ def test_track_on_a_cluster_registers_a_group_that_a_prefork_worker_completes(
     end = [entry["data"] for entry in entries if entry["type"] == "status_update"][-1]
     assert (end["status"], end["progress_percentage"], end["counts"]["completed"]) == ("completed", 100, 6)
     assert "celery-progress-ws" not in log.read_text(), log.read_text()
+
+
+def test_a_lane_marked_down_by_a_read_comes_back_on_its_own_once_its_node_is_replaced(
+    redis_cluster: PrivateCluster, cluster_settings: ProgressSettings
+) -> None:
+    """A read that finds a primary dead marks its lane down with nothing buffered; once the replica took over, the
+    background probes see the old node is gone and ``healthy`` is true again without any write."""
+    operation = ids_on_every_shard(redis_cluster, cluster_settings)[0][0]
+    publisher = ProgressPublisher(cluster_settings)
+    try:
+        assert publisher.publish(operation, "tick", {"i": 0}) is PublishResult.SENT
+        victim = redis_cluster.primary_of(0)
+        redis_cluster.nodes[victim].kill()
+        assert publisher._writer.get(KeySpace(cluster_settings.key_prefix).aggregate_parent(operation)) is None
+        assert not publisher.healthy
+        wait_until(lambda: redis_cluster.settled() and redis_cluster.primary_of(0) != victim, "shard 0 fails over")
+        wait_until(lambda: publisher.healthy, "the writer finds every primary it writes to answering")
+        assert publisher.publish(operation, "tick", {"i": 1}) is PublishResult.SENT
+    finally:
+        publisher.close()
